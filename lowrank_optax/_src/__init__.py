@@ -1,0 +1,1 @@
+"""Implementation modules of lowrank_optax (private; import from ``lowrank_optax``)."""
