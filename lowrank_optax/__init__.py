@@ -8,13 +8,44 @@ family. Re-exports use the ``name as name`` form so type checkers see them.
 __version__ = "0.1.0"
 
 # --- subspace core and GaLore -------------------------------------------------
-# (filled by the foundation work)
+from lowrank_optax._src.adam_in_basis import ScaleByAdamInBasisState as ScaleByAdamInBasisState
+from lowrank_optax._src.adam_in_basis import scale_by_adam_in_basis as scale_by_adam_in_basis
+from lowrank_optax._src.basis_rotation import BasisRotation as BasisRotation
+from lowrank_optax._src.basis_rotation import (
+    register_basis_aware_state as register_basis_aware_state,
+)
+from lowrank_optax._src.basis_rotation import rotate_diagonal as rotate_diagonal
+from lowrank_optax._src.basis_rotation import rotate_linear as rotate_linear
+from lowrank_optax._src.galore import galore as galore
+from lowrank_optax._src.galore import galore_adamw as galore_adamw
+from lowrank_optax._src.keras_extras import ParamEmaState as ParamEmaState
+from lowrank_optax._src.keras_extras import clip_by_leaf_norm as clip_by_leaf_norm
+from lowrank_optax._src.keras_extras import ema_params as ema_params
+from lowrank_optax._src.keras_extras import param_ema as param_ema
+from lowrank_optax._src.linalg import canonicalize_signs as canonicalize_signs
+from lowrank_optax._src.linalg import randomized_factors as randomized_factors
+from lowrank_optax._src.linalg import svd_factors as svd_factors
+from lowrank_optax._src.project_lowrank import ProjectLowrankState as ProjectLowrankState
+from lowrank_optax._src.project_lowrank import Subspace as Subspace
+from lowrank_optax._src.project_lowrank import project_lowrank as project_lowrank
+from lowrank_optax._src.subspace import DimensionNumbers as DimensionNumbers
+from lowrank_optax._src.subspace import LeafBasis as LeafBasis
+from lowrank_optax._src.weight_decay import (
+    DecayWeightsAfterUpdateState as DecayWeightsAfterUpdateState,
+)
+from lowrank_optax._src.weight_decay import (
+    decay_weights_after_update as decay_weights_after_update,
+)
 
 # --- distributed helpers ------------------------------------------------------
 
 # --- holocron.optim family ----------------------------------------------------
 
 # --- LRG-Adam -----------------------------------------------------------------
+from lowrank_optax._src.lrg import ScaleByTorchAmsgradState as ScaleByTorchAmsgradState
+from lowrank_optax._src.lrg import lrg as lrg
+from lowrank_optax._src.lrg import lrg_adam as lrg_adam
+from lowrank_optax._src.lrg import scale_by_torch_amsgrad as scale_by_torch_amsgrad
 
 # --- LORENZA ------------------------------------------------------------------
 

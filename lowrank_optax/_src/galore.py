@@ -1,0 +1,290 @@
+"""GaLore: the ``galore`` wrapper/filter and the galore-torch ``galore_adamw`` alias."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import optax
+
+from lowrank_optax._src import validation as v
+from lowrank_optax._src.adam_in_basis import scale_by_adam_in_basis
+from lowrank_optax._src.keras_extras import clip_by_leaf_norm, param_ema
+from lowrank_optax._src.project_lowrank import project_lowrank
+from lowrank_optax._src.subspace import DimsArg, MaskArg
+from lowrank_optax._src.weight_decay import decay_weights_after_update
+
+
+def galore(
+    inner: optax.GradientTransformation | None = None,
+    *,
+    rank: int,
+    update_proj_gap: int = 200,
+    scale: jax.typing.ArrayLike = 1.0,
+    proj_type: str = "std",
+    projector: str = "svd",
+    on_refresh: str = "keep",
+    dimension_numbers: DimsArg = None,
+    mask: MaskArg = None,
+    oversampling: int = 10,
+    power_iterations: int = 1,
+    seed: int = 0,
+) -> optax.GradientTransformationExtraArgs:
+    r"""GaLore gradient low-rank projection: a memory-saving wrapper or a chainable filter.
+
+    Two forms, with different memory:
+
+    * **Wrapper** ``lowrank.galore(optax.adam(1e-3), rank=128)``: the inner
+      optimizer runs on the projected gradient :math:`R = P^\top G` (or
+      :math:`G P^\top`) and its state is allocated at the projected shapes. With
+      Adam and ``proj_type='std'`` a :math:`m\times n` matrix costs
+      :math:`r\min(m,n)` (basis) :math:`+ 2r\max(m,n)` (moments) instead of
+      :math:`2mn`. This is GaLore.
+    * **Filter** ``optax.chain(lowrank.galore(rank=128), optax.adam(1e-3))``
+      (``inner=None``): emits :math:`\alpha P P^\top G` at full shape. In this form
+      Adam's state is **full size** (``optax.chain`` gives every element the same
+      full-size params at ``init``); only the basis is added. Adam then normalises
+      element-wise in the full space, so the result is not in the subspace and
+      differs from the wrapper form. The memory-saving form is the wrapper.
+
+    It is :func:`project_lowrank` with GaLore's defaults (SVD basis refreshed every
+    200 steps from the current gradient, moments kept across refreshes as
+    galore-torch does).
+
+    .. math::
+
+      \begin{align*}
+        P_t &= \mathrm{svd}_r(G_t) \text{ if } t \bmod T = 0 \text{ else } P_{t-1} \\
+        u_t &= \alpha\, P_t\, \mathrm{inner}(P_t^\top G_t)
+      \end{align*}
+
+    Args:
+      inner: optimizer run in the subspace (receives ``params=None``), or ``None``
+        for the chainable filter.
+      rank: rank :math:`r \geq 1` of the projection.
+      update_proj_gap: steps :math:`T \geq 1` between basis refreshes.
+      scale: factor :math:`\alpha > 0` on back-projected updates.
+      proj_type: ``'std'``, ``'reverse_std'``, ``'left'``, ``'right'``, ``'full'``,
+        ``'symmetric'`` (= ``'full'``) or ``'asymmetric'`` (= ``'std'``).
+      projector: ``'svd'`` or ``'randomized'``.
+      on_refresh: ``'keep'``, ``'reset'`` or ``'reproject'`` (see
+        :func:`project_lowrank`).
+      dimension_numbers: leaf selection / N-D views (see :func:`project_lowrank`).
+      mask: extra leaf selection (see :func:`project_lowrank`).
+      oversampling: randomized projector's extra sketch columns.
+      power_iterations: randomized projector's subspace iterations.
+      seed: PRNG seed of the randomized projector.
+
+    Returns:
+      The corresponding :class:`optax.GradientTransformationExtraArgs`.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> import lowrank_optax as lowrank
+      >>> tx = lowrank.galore(optax.adam(1e-1), rank=2, update_proj_gap=10)
+      >>> params = {'w': jnp.ones((6, 4))}
+      >>> loss = lambda p: jnp.sum(p['w'] ** 2)
+      >>> state = tx.init(params)
+      >>> for _ in range(5):
+      ...   grads = jax.grad(loss)(params)
+      ...   updates, state = tx.update(grads, state, params)
+      ...   params = optax.apply_updates(params, updates)
+      >>> print('Objective function: {:.2f}'.format(loss(params)))
+      Objective function: 6.15
+
+    References:
+      Zhao et al, `GaLore: Memory-Efficient LLM Training by Gradient Low-Rank
+      Projection <https://arxiv.org/abs/2403.03507>`_, 2024
+    """
+    return project_lowrank(
+        inner,
+        rank=rank,
+        update_proj_gap=update_proj_gap,
+        scale=scale,
+        proj_type=proj_type,
+        projector=projector,
+        oversampling=oversampling,
+        power_iterations=power_iterations,
+        on_refresh=on_refresh,
+        dimension_numbers=dimension_numbers,
+        mask=mask,
+        seed=seed,
+    )
+
+
+def galore_adamw(
+    learning_rate: optax.ScalarOrSchedule,
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-6,
+    weight_decay: jax.typing.ArrayLike = 0.0,
+    *,
+    rank: int,
+    update_proj_gap: int = 200,
+    scale: jax.typing.ArrayLike = 1.0,
+    proj_type: str = "std",
+    on_refresh: str = "keep",
+    projector: str = "svd",
+    dimension_numbers: DimsArg = None,
+    mask: MaskArg = None,
+    weight_decay_mask: Any | None = None,
+    clipnorm: jax.typing.ArrayLike | None = None,
+    clipvalue: jax.typing.ArrayLike | None = None,
+    global_clipnorm: jax.typing.ArrayLike | None = None,
+    use_ema: bool = False,
+    ema_momentum: jax.typing.ArrayLike = 0.99,
+    ema_overwrite_frequency: int | None = None,
+    loss_scale_factor: jax.typing.ArrayLike | None = None,
+    gradient_accumulation_steps: int | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""GaLore-AdamW, step for step as galore-torch 1.0's ``GaLoreAdamW``.
+
+    For a projected leaf (Adam with galore-torch's eps placement, decoupled weight
+    decay applied after the update to the updated weights):
+
+    .. math::
+
+      \begin{align*}
+        R_t &= \mathrm{project}(P_t, G_t), \quad
+        M_t = \beta_1 M_{t-1} + (1-\beta_1) R_t, \quad
+        V_t = \beta_2 V_{t-1} + (1-\beta_2) R_t^2 \\
+        N_t &= \frac{M_t}{\sqrt{V_t} + \epsilon}\cdot
+               \frac{\sqrt{1-\beta_2^t}}{1-\beta_1^t} \\
+        W_t &= \bigl(W_{t-1} - \eta_t\, \alpha\, \mathrm{back}(P_t, N_t)\bigr)
+               (1 - \eta_t \lambda)
+      \end{align*}
+
+    Unprojected leaves (1-D biases, or those excluded by ``mask``) get the same
+    AdamW without projection or ``scale``. The basis :math:`P_t` is refreshed from
+    the current gradient at steps 0, T, 2T, ... and the moments are kept across
+    refreshes (``on_refresh='keep'``, galore-torch).
+
+    The chain is ``[MultiSteps] ∘ [param_ema] ∘ chain([scale(1/loss_scale_factor)],
+    [clip], project_lowrank(scale_by_adam_in_basis(eps_mode='galore')),
+    [decay_weights_after_update], scale_by_learning_rate)``; bracketed pieces are
+    present only when requested. The Keras GaLore options map as: ``clipnorm`` →
+    :func:`clip_by_leaf_norm`, ``clipvalue`` → :func:`optax.clip`,
+    ``global_clipnorm`` → :func:`optax.clip_by_global_norm`, ``use_ema`` /
+    ``ema_momentum`` / ``ema_overwrite_frequency`` → :func:`param_ema`,
+    ``loss_scale_factor`` → :func:`optax.scale` by its inverse,
+    ``gradient_accumulation_steps`` → :class:`optax.MultiSteps`.
+
+    Static arguments for :func:`optax.inject_hyperparams`: ``rank``,
+    ``update_proj_gap``, ``proj_type``, ``projector``, ``on_refresh``,
+    ``dimension_numbers``, ``mask``, ``weight_decay_mask``,
+    ``gradient_accumulation_steps``, ``ema_overwrite_frequency``, ``use_ema``.
+    ``learning_rate``, ``b1``, ``b2``, ``eps``, ``weight_decay`` and ``scale`` are
+    injectable.
+
+    Memory: per projected :math:`m\times n` leaf, ``proj_type='std'`` keeps
+    :math:`r\min(m,n) + 2r\max(m,n)` numbers instead of AdamW's :math:`2mn`.
+
+    Args:
+      learning_rate: learning rate :math:`\eta` or schedule.
+      b1: first-moment decay :math:`\beta_1`.
+      b2: second-moment decay :math:`\beta_2`.
+      eps: :math:`\epsilon` (galore-torch default 1e-6; the paper states 1e-8).
+      weight_decay: decoupled weight decay :math:`\lambda \geq 0`.
+      rank: projection rank :math:`r \geq 1`.
+      update_proj_gap: refresh period :math:`T \geq 1`.
+      scale: GaLore scale :math:`\alpha > 0`.
+      proj_type: projection side (see :func:`galore`).
+      on_refresh: ``'keep'`` (galore-torch), ``'reset'`` or ``'reproject'``.
+      projector: ``'svd'`` (galore-torch) or ``'randomized'``.
+      dimension_numbers: leaf selection / N-D views (see :func:`project_lowrank`).
+      mask: extra leaf selection for projection.
+      weight_decay_mask: pytree/callable of booleans selecting decayed leaves.
+      clipnorm: clip each leaf's gradient norm to this value (Keras).
+      clipvalue: clip gradient values to ``[-clipvalue, clipvalue]`` (Keras).
+      global_clipnorm: clip the global gradient norm (Keras).
+      use_ema: keep an EMA of the parameters (Keras).
+      ema_momentum: EMA momentum in ``[0, 1]``.
+      ema_overwrite_frequency: overwrite params with the EMA every k steps.
+      loss_scale_factor: gradients are divided by this (> 0) first (Keras).
+      gradient_accumulation_steps: accumulate this many (>= 2) micro-batches.
+
+    Returns:
+      The corresponding :class:`optax.GradientTransformationExtraArgs`.
+
+    Examples:
+      The original Keras GaLore README example, in optax form:
+
+      >>> import jax, jax.numpy as jnp, optax
+      >>> import lowrank_optax as lowrank
+      >>> tx = lowrank.galore_adamw(1e-2, weight_decay=1e-4, rank=10,
+      ...                           update_proj_gap=50, scale=0.5,
+      ...                           proj_type='symmetric')
+      >>> params = {'w': jnp.ones((16, 12)), 'b': jnp.ones(12)}
+      >>> loss = lambda p: jnp.sum(p['w'] ** 2) + jnp.sum(p['b'] ** 2)
+      >>> state = tx.init(params)
+      >>> for _ in range(5):
+      ...   grads = jax.grad(loss)(params)
+      ...   updates, state = tx.update(grads, state, params)
+      ...   params = optax.apply_updates(params, updates)
+      >>> print('Objective function: {:.2f}'.format(loss(params)))
+      Objective function: 200.47
+
+    References:
+      Zhao et al, `GaLore: Memory-Efficient LLM Training by Gradient Low-Rank
+      Projection <https://arxiv.org/abs/2403.03507>`_, 2024
+
+      Loshchilov et al, `Decoupled Weight Decay Regularization
+      <https://arxiv.org/abs/1711.05101>`_, 2019
+    """
+    v.check_nonnegative("learning_rate", learning_rate)
+    v.check_nonnegative("weight_decay", weight_decay)
+    clips = [c for c in (clipnorm, clipvalue, global_clipnorm) if c is not None]
+    if len(clips) > 1:
+        raise ValueError(
+            "Only one of `clipnorm`, `clipvalue` and `global_clipnorm` can be set. "
+            f"Received: clipnorm={clipnorm}, clipvalue={clipvalue}, "
+            f"global_clipnorm={global_clipnorm}"
+        )
+    if loss_scale_factor is not None:
+        v.check_positive("loss_scale_factor", loss_scale_factor)
+    if clipnorm is not None:
+        v.check_positive("clipnorm", clipnorm)
+    if clipvalue is not None:
+        v.check_positive("clipvalue", clipvalue)
+    if global_clipnorm is not None:
+        v.check_positive("global_clipnorm", global_clipnorm)
+    if gradient_accumulation_steps is not None:
+        v.check_int("gradient_accumulation_steps", gradient_accumulation_steps, minimum=2)
+    v.check_range("ema_momentum", ema_momentum, low=0.0, high=1.0)
+    v.check_optional_int("ema_overwrite_frequency", ema_overwrite_frequency)
+
+    pieces: list[optax.GradientTransformation] = []
+    if loss_scale_factor is not None:
+        pieces.append(optax.scale(1.0 / loss_scale_factor))
+    if clipnorm is not None:
+        pieces.append(clip_by_leaf_norm(clipnorm))
+    if clipvalue is not None:
+        pieces.append(optax.clip(clipvalue))
+    if global_clipnorm is not None:
+        pieces.append(optax.clip_by_global_norm(global_clipnorm))
+    pieces.append(
+        project_lowrank(
+            scale_by_adam_in_basis(b1, b2, eps, eps_mode="galore"),
+            rank=rank,
+            update_proj_gap=update_proj_gap,
+            scale=scale,
+            proj_type=proj_type,
+            projector=projector,
+            on_refresh=on_refresh,
+            dimension_numbers=dimension_numbers,
+            mask=mask,
+        )
+    )
+    if v.concrete_scalar(weight_decay) != 0.0:
+        pieces.append(decay_weights_after_update(weight_decay, learning_rate, weight_decay_mask))
+    pieces.append(optax.scale_by_learning_rate(learning_rate))
+    tx: optax.GradientTransformationExtraArgs = optax.chain(*pieces)
+    if use_ema:
+        tx = param_ema(tx, ema_momentum, ema_overwrite_frequency)
+    if gradient_accumulation_steps is not None:
+        tx = optax.with_extra_args_support(
+            optax.MultiSteps(
+                tx, every_k_schedule=gradient_accumulation_steps
+            ).gradient_transformation()
+        )
+    return tx
