@@ -104,7 +104,7 @@ def scale_by_adam_in_basis(
       ...   updates, state = tx.update(grads, state, params)
       ...   params = optax.apply_updates(params, updates)
       >>> print('Objective function: {:.2f}'.format(jnp.sum(params**2)))
-      Objective function: 11.15
+      Objective function: 8.78
 
     References:
       Kingma et al, `Adam: A Method for Stochastic Optimization

@@ -90,7 +90,7 @@ def galore(
       ...   updates, state = tx.update(grads, state, params)
       ...   params = optax.apply_updates(params, updates)
       >>> print('Objective function: {:.2f}'.format(loss(params)))
-      Objective function: 6.15
+      Objective function: 13.57
 
     References:
       Zhao et al, `GaLore: Memory-Efficient LLM Training by Gradient Low-Rank
@@ -222,7 +222,7 @@ def galore_adamw(
       ...   updates, state = tx.update(grads, state, params)
       ...   params = optax.apply_updates(params, updates)
       >>> print('Objective function: {:.2f}'.format(loss(params)))
-      Objective function: 200.47
+      Objective function: 202.14
 
     References:
       Zhao et al, `GaLore: Memory-Efficient LLM Training by Gradient Low-Rank

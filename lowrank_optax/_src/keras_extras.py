@@ -102,7 +102,7 @@ def param_ema(
       ...   updates, state = tx.update(2 * params, state, params)
       ...   params = optax.apply_updates(params, updates)
       >>> print('Objective function: {:.2f}'.format(jnp.sum(params**2)))
-      Objective function: 0.55
+      Objective function: 0.54
 
     References:
       Chollet et al, `Keras 3 optimizers (use_ema)

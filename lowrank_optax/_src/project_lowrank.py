@@ -208,7 +208,7 @@ def project_lowrank(
       ...   updates, state = tx.update(grads, state, params)
       ...   params = optax.apply_updates(params, updates)
       >>> print('Objective function: {:.2f}'.format(loss(params)))
-      Objective function: 3.74
+      Objective function: 6.88
 
     References:
       Zhao et al, `GaLore: Memory-Efficient LLM Training by Gradient Low-Rank

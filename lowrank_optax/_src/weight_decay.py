@@ -58,7 +58,7 @@ def decay_weights_after_update(
       ...   updates, state = tx.update(2 * params, state, params)
       ...   params = optax.apply_updates(params, updates)
       >>> print('Objective function: {:.2f}'.format(jnp.sum(params**2)))
-      Objective function: 10.90
+      Objective function: 7.86
 
     References:
       Loshchilov et al, `Decoupled Weight Decay Regularization
