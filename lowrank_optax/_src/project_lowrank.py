@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 from optax.tree_utils import _state_utils
 
+from lowrank_optax._src import sharding
 from lowrank_optax._src import validation as v
 from lowrank_optax._src.basis_rotation import BasisRotation, contains_basis_aware_state
 from lowrank_optax._src.linalg import randomized_factors, svd_factors
@@ -76,15 +77,15 @@ def _keyed_leaves(tree: Any) -> tuple[list[str], list[Any]]:
     return [jax.tree_util.keystr(p) for p, _ in pairs], [x for _, x in pairs]
 
 
-def _canonical_basis(plan: LeafPlan, dtype: jnp.dtype) -> LeafBasis:
+def _canonical_basis(plan: LeafPlan, like: jax.Array) -> LeafBasis:
     """First ``r`` canonical unit vectors: the fallback basis before any valid one."""
     left = right = None
     if plan.left_shape is not None:
-        eye = jnp.eye(plan.m, plan.rank, dtype=dtype)
-        left = jnp.broadcast_to(eye, plan.left_shape)
+        eye = jnp.eye(plan.m, plan.rank, dtype=like.dtype)
+        left = sharding.reshard(jnp.broadcast_to(eye, plan.left_shape), plan.left_spec, like)
     if plan.right_shape is not None:
-        eye = jnp.eye(plan.rank, plan.n, dtype=dtype)
-        right = jnp.broadcast_to(eye, plan.right_shape)
+        eye = jnp.eye(plan.rank, plan.n, dtype=like.dtype)
+        right = sharding.reshard(jnp.broadcast_to(eye, plan.right_shape), plan.right_spec, like)
     return LeafBasis(left, right)
 
 
@@ -242,7 +243,7 @@ def project_lowrank(
     def proxies_of(tree: Any, plans: list[LeafPlan | None]) -> Any:
         leaves = jax.tree.leaves(tree)
         proxies = [
-            x if p is None else jnp.zeros(p.coord_shape, x.dtype)
+            x if p is None else sharding.zeros(p.coord_shape, x.dtype, p.coord_spec, x)
             for x, p in zip(leaves, plans, strict=True)
         ]
         return jax.tree.unflatten(jax.tree.structure(tree), proxies)
@@ -256,7 +257,7 @@ def project_lowrank(
         plans = plans_of(raw)
         keys, leaves = _keyed_leaves(raw)
         bases = {
-            k: _canonical_basis(p, x.dtype)
+            k: _canonical_basis(p, x)
             for k, x, p in zip(keys, leaves, plans, strict=True)
             if p is not None
         }
@@ -287,7 +288,8 @@ def project_lowrank(
         for i, (k, g, p) in enumerate(zip(keys, leaves, plans, strict=True)):
             if p is None:
                 continue
-            g2 = p.to_matrix(g)
+            # Decompositions need the matrix unsharded (batch axes may stay sharded).
+            g2 = sharding.reshard(p.to_matrix(g), p.decomposition_spec, g)
             if projector == "svd":
                 u, vh = svd_factors(g2, p.rank)
             else:

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lowrank_optax._src.sharding import Spec, explicit_spec, matmul, merge_group_spec, reshard
 from lowrank_optax._src.validation import check_choice
 
 PROJ_TYPES = ("std", "reverse_std", "right", "left", "full")
@@ -68,7 +69,13 @@ class LeafBasis(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class LeafPlan:
-    """Static projection plan of one leaf (see the module docstring)."""
+    """Static projection plan of one leaf (see the module docstring).
+
+    ``spec`` is the leaf's per-axis partition spec when its type carries Explicit
+    sharding (``None`` otherwise); the ``*_spec`` properties then give the specs of
+    the matrix view, bases and coordinates (rules in :mod:`sharding`), and the
+    projections request them explicitly so that sharded matmuls stay sharded.
+    """
 
     shape: tuple[int, ...]
     batch_axes: tuple[int, ...]
@@ -76,6 +83,7 @@ class LeafPlan:
     col_axes: tuple[int, ...]
     side: str
     rank: int
+    spec: Spec | None = None
 
     @property
     def perm(self) -> tuple[int, ...]:
@@ -116,12 +124,60 @@ class LeafPlan:
             return None
         return self.batch_shape + (self.rank, self.n)
 
+    # -- explicit-sharding specs (all None without Explicit sharding) ------------
+    def _group(self, axes: tuple[int, ...]) -> Any:
+        assert self.spec is not None
+        return merge_group_spec(tuple(self.spec[a] for a in axes))
+
+    def _batch_spec(self) -> Spec:
+        assert self.spec is not None
+        return tuple(self.spec[a] for a in self.batch_axes)
+
+    def _tail_spec(self, row: Any, col: Any) -> Spec | None:
+        if self.spec is None:
+            return None
+        return self._batch_spec() + (row, col)
+
+    @property
+    def row_spec(self) -> Any:
+        return None if self.spec is None else self._group(self.row_axes)
+
+    @property
+    def col_spec(self) -> Any:
+        return None if self.spec is None else self._group(self.col_axes)
+
+    @property
+    def left_spec(self) -> Spec | None:
+        return self._tail_spec(self.row_spec, None)
+
+    @property
+    def right_spec(self) -> Spec | None:
+        return self._tail_spec(None, self.col_spec)
+
+    @property
+    def coord_spec(self) -> Spec | None:
+        row = self.row_spec if self.side == "right" else None
+        col = self.col_spec if self.side == "left" else None
+        return self._tail_spec(row, col)
+
+    @property
+    def decomposition_spec(self) -> Spec | None:
+        """Spec the gradient is resharded to before a decomposition (batch axes only)."""
+        return self._tail_spec(None, None)
+
     # -- matrix view ---------------------------------------------------------
     def to_matrix(self, x: jax.Array) -> jax.Array:
         """``(shape)`` → ``(batch..., m, n)``."""
         if self.is_plain_matrix:
             return x
-        return jnp.transpose(x, self.perm).reshape(self.batch_shape + (self.m, self.n))
+        x = jnp.transpose(x, self.perm)
+        if self.spec is not None:
+            # Only the major axis of a merged group may stay sharded.
+            grouped = [self._batch_spec()]
+            for axes in (self.row_axes, self.col_axes):
+                grouped.append((self._group(axes),) + (None,) * (len(axes) - 1))
+            x = reshard(x, sum(grouped, ()), x)
+        return x.reshape(self.batch_shape + (self.m, self.n))
 
     def from_matrix(self, x: jax.Array) -> jax.Array:
         """``(batch..., m, n)`` → ``(shape)`` (inverse of :meth:`to_matrix`)."""
@@ -135,19 +191,24 @@ class LeafPlan:
     def project(self, g: jax.Array, basis: LeafBasis) -> jax.Array:
         """Full-shape gradient → low-rank coordinates (``coord_shape``)."""
         g2 = self.to_matrix(g)
+        row, col = self.row_spec, self.col_spec
         if basis.left is not None:
-            g2 = jnp.swapaxes(basis.left, -1, -2) @ g2
+            g2 = matmul(jnp.swapaxes(basis.left, -1, -2), g2, self._tail_spec(None, col), g2)
+            row = None
         if basis.right is not None:
-            g2 = g2 @ jnp.swapaxes(basis.right, -1, -2)
+            g2 = matmul(g2, jnp.swapaxes(basis.right, -1, -2), self._tail_spec(row, None), g2)
         return g2
 
     def back(self, coords: jax.Array, basis: LeafBasis) -> jax.Array:
         """Low-rank coordinates → full-shape update (no scale)."""
         x = coords
+        row = self.row_spec if self.side == "right" else None
         if basis.left is not None:
-            x = basis.left @ x
+            col = self.col_spec if self.side == "left" else None
+            x = matmul(basis.left, x, self._tail_spec(self.row_spec, col), x)
+            row = self.row_spec
         if basis.right is not None:
-            x = x @ basis.right
+            x = matmul(x, basis.right, self._tail_spec(row, self.col_spec), x)
         return self.from_matrix(x)
 
 
@@ -175,7 +236,12 @@ def _as_axes(axes: int | Sequence[int], ndim: int, what: str) -> tuple[int, ...]
 
 
 def make_plan(
-    shape: tuple[int, ...], dims: DimensionNumbers, *, rank: int, proj_type: str
+    shape: tuple[int, ...],
+    dims: DimensionNumbers,
+    *,
+    rank: int,
+    proj_type: str,
+    spec: Spec | None = None,
 ) -> LeafPlan:
     """Builds the static plan of a leaf of ``shape`` (``proj_type`` canonical)."""
     ndim = len(shape)
@@ -190,7 +256,7 @@ def make_plan(
     m = math.prod(shape[a] for a in rows)
     n = math.prod(shape[a] for a in cols)
     r = min(rank, m, n)
-    return LeafPlan(tuple(shape), batch, rows, cols, _side(proj_type, m, n), r)
+    return LeafPlan(tuple(shape), batch, rows, cols, _side(proj_type, m, n), r, spec)
 
 
 # -- Flax boxes ------------------------------------------------------------------
@@ -289,6 +355,8 @@ def resolve_plans(
                 f"`dimension_numbers` leaves must be DimensionNumbers or None, got {d!r}."
             )
         plans.append(
-            None if d is None else make_plan(jnp.shape(x), d, rank=rank, proj_type=proj_type)
+            None
+            if d is None
+            else make_plan(jnp.shape(x), d, rank=rank, proj_type=proj_type, spec=explicit_spec(x))
         )
     return plans
