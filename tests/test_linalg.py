@@ -1,0 +1,198 @@
+"""Deterministic bases: the sign rule, the canonical SVD and the randomized range finder."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl.testing import absltest, parameterized
+from core_np import canonical_signs, svd_basis
+from optax._src import utils as optax_utils
+
+import lowrank_optax as lowrank
+from lowrank_optax._src import linalg
+
+# jit once per shape/static config: eager dispatch compiles every primitive separately.
+_randomized = jax.jit(
+    lowrank.randomized_factors,
+    static_argnums=1,
+    static_argnames=("oversampling", "power_iterations"),
+)
+_svd = jax.jit(lowrank.svd_factors, static_argnums=1)
+
+
+def _random(shape, seed=0, dtype=np.float32):
+    return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+
+
+def _low_rank(m, n, k, seed=0):
+    """An m×n matrix of rank k with well separated singular values."""
+    rng = np.random.default_rng(seed)
+    a = np.linalg.qr(rng.standard_normal((m, k)))[0]
+    b = np.linalg.qr(rng.standard_normal((n, k)))[0]
+    s = np.linspace(4.0, 1.0, k)
+    return ((a * s) @ b.T).astype(np.float32)
+
+
+class CanonicalizeSignsTest(parameterized.TestCase):
+    def test_rule_on_hand_made_columns(self):
+        u = np.array(
+            [
+                # col0: peak -0.9 (row 1) -> flip; col1: tie 0.5/-0.5 -> first index (+) kept;
+                # col2: tie -0.5/0.5 -> first index (-) -> flip; col3: all zero -> kept, finite;
+                # col4: peak +0.8 (row 2) -> kept.
+                [0.1, 0.5, -0.5, 0.0, 0.3],
+                [-0.9, -0.5, 0.5, 0.0, -0.1],
+                [0.3, 0.0, 0.1, 0.0, 0.8],
+            ],
+            np.float32,
+        )
+        vh = np.arange(1.0, 11.0, dtype=np.float32).reshape(5, 2)
+        cu, cvh = lowrank.canonicalize_signs(jnp.asarray(u), jnp.asarray(vh))
+        flips = np.array([-1.0, 1.0, -1.0, 1.0, 1.0], np.float32)
+        np.testing.assert_array_equal(np.asarray(cu), u * flips)
+        np.testing.assert_array_equal(np.asarray(cvh), vh * flips[:, None])
+        self.assertTrue(np.all(np.isfinite(np.asarray(cu))))
+        np.testing.assert_array_equal(np.asarray(cu)[:, 3], 0.0)
+
+    def test_product_is_invariant_and_rule_holds_on_random_batches(self):
+        u = _random((3, 7, 4), seed=1)
+        vh = _random((3, 4, 5), seed=2)
+        cu, cvh = map(np.asarray, lowrank.canonicalize_signs(jnp.asarray(u), jnp.asarray(vh)))
+        np.testing.assert_allclose(cu @ cvh, u @ vh, rtol=1e-6)
+        for b in range(3):
+            ref_u, ref_vh = canonical_signs(u[b], vh[b])
+            np.testing.assert_array_equal(cu[b], ref_u.astype(np.float32))
+            np.testing.assert_array_equal(cvh[b], ref_vh.astype(np.float32))
+
+    def test_idempotent(self):
+        u, vh = jnp.asarray(_random((6, 3), 3)), jnp.asarray(_random((3, 4), 4))
+        once = lowrank.canonicalize_signs(u, vh)
+        twice = lowrank.canonicalize_signs(*once)
+        for a, b in zip(once, twice, strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+class SvdFactorsTest(parameterized.TestCase):
+    @parameterized.parameters(((8, 5), 3), ((5, 8), 3), ((6, 6), 6), ((4, 9), 1))
+    def test_matches_numpy_canonical_svd(self, shape, rank):
+        g = _random(shape, seed=sum(shape))
+        u, vh = _svd(jnp.asarray(g), rank)
+        self.assertEqual(u.shape, (shape[0], rank))
+        self.assertEqual(vh.shape, (rank, shape[1]))
+        ref_u, ref_vh = svd_basis(g, rank)
+        np.testing.assert_allclose(np.asarray(u), ref_u, atol=2e-5)
+        np.testing.assert_allclose(np.asarray(vh), ref_vh, atol=2e-5)
+
+    def test_batched(self):
+        g = _random((2, 3, 7, 5), seed=5)
+        u, vh = _svd(jnp.asarray(g), 2)
+        self.assertEqual(u.shape, (2, 3, 7, 2))
+        self.assertEqual(vh.shape, (2, 3, 2, 5))
+        for i in range(2):
+            for j in range(3):
+                ref_u, ref_vh = svd_basis(g[i, j], 2)
+                np.testing.assert_allclose(np.asarray(u[i, j]), ref_u, atol=2e-5)
+                np.testing.assert_allclose(np.asarray(vh[i, j]), ref_vh, atol=2e-5)
+
+    def test_bf16_is_decomposed_in_float32(self):
+        g = jnp.asarray(_random((7, 4), seed=6)).astype(jnp.bfloat16)
+        u, vh = _svd(g, 2)
+        self.assertEqual(u.dtype, jnp.float32)
+        self.assertEqual(vh.dtype, jnp.float32)
+        u32, vh32 = _svd(g.astype(jnp.float32), 2)
+        np.testing.assert_array_equal(np.asarray(u), np.asarray(u32))
+        np.testing.assert_array_equal(np.asarray(vh), np.asarray(vh32))
+
+    def test_float64_stays_float64(self):
+        with optax_utils.x64_precision(True):
+            g = jnp.asarray(_random((6, 4), seed=7), jnp.float64)
+            u, vh = _svd(g, 2)
+            self.assertEqual(u.dtype, jnp.float64)
+            ref_u, ref_vh = svd_basis(np.asarray(g), 2)
+            np.testing.assert_allclose(np.asarray(u), ref_u, atol=1e-12)
+            np.testing.assert_allclose(np.asarray(vh), ref_vh, atol=1e-12)
+
+    def test_zero_matrix_gives_finite_factors(self):
+        u, vh = _svd(jnp.zeros((5, 3)), 2)
+        self.assertTrue(np.all(np.isfinite(np.asarray(u))))
+        self.assertTrue(np.all(np.isfinite(np.asarray(vh))))
+
+
+class PositiveQrTest(absltest.TestCase):
+    def test_diagonal_of_r_is_nonnegative(self):
+        y = jnp.asarray(_random((2, 9, 4), seed=8))
+        q = linalg.positive_qr(y)
+        r = np.asarray(jnp.swapaxes(q, -1, -2) @ y)
+        np.testing.assert_allclose(np.asarray(q @ r), np.asarray(y), atol=1e-5)
+        self.assertTrue(np.all(np.diagonal(r, axis1=-2, axis2=-1) >= 0))
+        np.testing.assert_allclose(np.tril(r, -1), 0.0, atol=1e-5)
+
+
+class RandomizedFactorsTest(parameterized.TestCase):
+    @parameterized.parameters((12, 7), (7, 12))
+    def test_orthonormal(self, m, n):
+        g = jnp.asarray(_random((m, n), seed=m))
+        u, vh = _randomized(g, 3, jax.random.PRNGKey(0), oversampling=2)
+        self.assertEqual(u.shape, (m, 3))
+        self.assertEqual(vh.shape, (3, n))
+        np.testing.assert_allclose(np.asarray(u.T @ u), np.eye(3), atol=1e-5)
+        np.testing.assert_allclose(np.asarray(vh @ vh.T), np.eye(3), atol=1e-5)
+
+    @parameterized.parameters(
+        (20, 9, 3, 3, 0), (9, 20, 3, 3, 0), (20, 9, 2, 4, 1), (9, 20, 2, 4, 1), (16, 16, 4, 4, 2)
+    )
+    def test_exact_span_when_rank_at_most_r(self, m, n, k, r, oversampling):
+        g = _low_rank(m, n, k, seed=m + n)
+        u, vh = _randomized(jnp.asarray(g), r, jax.random.PRNGKey(1), oversampling=oversampling)
+        u, vh = np.asarray(u, np.float64), np.asarray(vh, np.float64)
+        np.testing.assert_allclose(u @ (u.T @ g), g, atol=1e-5)
+        np.testing.assert_allclose((g @ vh.T) @ vh, g, atol=1e-5)
+        if k == r:
+            # Same singular vectors as the exact SVD, canonical signs included.
+            ref_u, ref_vh = svd_basis(g, r)
+            np.testing.assert_allclose(u, ref_u, atol=1e-4)
+            np.testing.assert_allclose(vh, ref_vh, atol=1e-4)
+
+    def test_same_key_same_basis_other_key_other_basis(self):
+        g = jnp.asarray(_random((30, 20), seed=9))
+        run = lambda seed: _randomized(
+            g, 3, jax.random.PRNGKey(seed), oversampling=1, power_iterations=0
+        )
+        a, b, c = run(0), run(0), run(1)
+        np.testing.assert_array_equal(np.asarray(a[0]), np.asarray(b[0]))
+        np.testing.assert_array_equal(np.asarray(a[1]), np.asarray(b[1]))
+        self.assertFalse(np.allclose(np.asarray(a[0]), np.asarray(c[0]), atol=1e-3))
+
+    def test_power_iterations_approach_svd(self):
+        g = _random((40, 30), seed=10)
+        ref_u, _ = svd_basis(g, 2)
+        errs = []
+        for q in (0, 4):
+            u, _ = _randomized(
+                jnp.asarray(g), 2, jax.random.PRNGKey(2), oversampling=4, power_iterations=q
+            )
+            u = np.asarray(u, np.float64)
+            errs.append(np.linalg.norm(u @ u.T - ref_u @ ref_u.T))
+        self.assertLess(errs[1], errs[0])
+        self.assertLess(errs[1], 0.3)
+
+    def test_bf16_is_decomposed_in_float32(self):
+        g = jnp.asarray(_random((12, 6), seed=11)).astype(jnp.bfloat16)
+        key = jax.random.PRNGKey(3)
+        u, vh = _randomized(g, 2, key)
+        self.assertEqual(u.dtype, jnp.float32)
+        self.assertEqual(vh.dtype, jnp.float32)
+        u32, vh32 = _randomized(g.astype(jnp.float32), 2, key)
+        np.testing.assert_array_equal(np.asarray(u), np.asarray(u32))
+        np.testing.assert_array_equal(np.asarray(vh), np.asarray(vh32))
+
+    def test_batched_bases_are_independent(self):
+        g = np.stack([_low_rank(10, 6, 2, seed=s) for s in (20, 21, 22)])
+        u, vh = _randomized(jnp.asarray(g), 2, jax.random.PRNGKey(4))
+        for b in range(3):
+            ref_u, ref_vh = svd_basis(g[b], 2)
+            np.testing.assert_allclose(np.asarray(u[b]), ref_u, atol=1e-4)
+            np.testing.assert_allclose(np.asarray(vh[b]), ref_vh, atol=1e-4)
+
+
+if __name__ == "__main__":
+    absltest.main()
