@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import numpy as np
 import optax
 
 from lowrank_optax._src import validation as v
@@ -275,7 +276,10 @@ def galore_adamw(
             mask=mask,
         )
     )
-    if v.concrete_scalar(weight_decay) != 0.0:
+    # Only a plain Python/NumPy zero drops the piece: under inject_hyperparams the
+    # value is a concrete array at eager init and a tracer under jit, and both must
+    # build the same chain (same state structure).
+    if not (isinstance(weight_decay, (int, float, np.number)) and weight_decay == 0):
         pieces.append(decay_weights_after_update(weight_decay, learning_rate, weight_decay_mask))
     pieces.append(optax.scale_by_learning_rate(learning_rate))
     tx: optax.GradientTransformationExtraArgs = optax.chain(*pieces)
