@@ -48,5 +48,14 @@ from lowrank_optax._src.lrg import lrg_adam as lrg_adam
 from lowrank_optax._src.lrg import scale_by_torch_amsgrad as scale_by_torch_amsgrad
 
 # --- LORENZA ------------------------------------------------------------------
+from lowrank_optax._src.lorenza import ZoSamPerturbState as ZoSamPerturbState
+from lowrank_optax._src.lorenza import lorenza as lorenza
+from lowrank_optax._src.lorenza import zo_sam_perturb as zo_sam_perturb
+from lowrank_optax._src.loss_closures import (
+    make_nnx_value_and_grad_fns as make_nnx_value_and_grad_fns,
+)
+from lowrank_optax._src.loss_closures import (
+    make_value_and_grad_fns as make_value_and_grad_fns,
+)
 
 # --- LRE ----------------------------------------------------------------------
