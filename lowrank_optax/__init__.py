@@ -59,3 +59,51 @@ from lowrank_optax._src.loss_closures import (
 )
 
 # --- LRE ----------------------------------------------------------------------
+from lowrank_optax._src.lre import bases as bases
+from lowrank_optax._src.lre import curvatures as curvatures
+from lowrank_optax._src.lre.driver import EigenbasisState as EigenbasisState
+from lowrank_optax._src.lre.driver import eigenbasis_partition_specs as eigenbasis_partition_specs
+from lowrank_optax._src.lre.driver import eigenbasis_update as eigenbasis_update
+from lowrank_optax._src.lre.driver import lre as lre
+from lowrank_optax._src.lre.inner import ClipNormByEmaInBasisState as ClipNormByEmaInBasisState
+from lowrank_optax._src.lre.inner import CurvatureProbes as CurvatureProbes
+from lowrank_optax._src.lre.inner import EmaInBasisState as EmaInBasisState
+from lowrank_optax._src.lre.inner import (
+    ScaleByCubicAdamInBasisState as ScaleByCubicAdamInBasisState,
+)
+from lowrank_optax._src.lre.inner import (
+    ScaleByFullMatrixAdamInBasisState as ScaleByFullMatrixAdamInBasisState,
+)
+from lowrank_optax._src.lre.inner import (
+    ScaleByFullMatrixBfgsAdamInBasisState as ScaleByFullMatrixBfgsAdamInBasisState,
+)
+from lowrank_optax._src.lre.inner import (
+    ScaleByFullMatrixHutchinsonAdamInBasisState as ScaleByFullMatrixHutchinsonAdamInBasisState,
+)
+from lowrank_optax._src.lre.inner import (
+    ScaleByHutchinsonAdamInBasisState as ScaleByHutchinsonAdamInBasisState,
+)
+from lowrank_optax._src.lre.inner import ScaleByLionInBasisState as ScaleByLionInBasisState
+from lowrank_optax._src.lre.inner import cautious_in_basis as cautious_in_basis
+from lowrank_optax._src.lre.inner import clip_norm_by_ema_in_basis as clip_norm_by_ema_in_basis
+from lowrank_optax._src.lre.inner import copy_grad_sign_in_basis as copy_grad_sign_in_basis
+from lowrank_optax._src.lre.inner import ema_in_basis as ema_in_basis
+from lowrank_optax._src.lre.inner import (
+    scale_by_cubic_adam_in_basis as scale_by_cubic_adam_in_basis,
+)
+from lowrank_optax._src.lre.inner import (
+    scale_by_full_matrix_adam_in_basis as scale_by_full_matrix_adam_in_basis,
+)
+from lowrank_optax._src.lre.inner import (
+    scale_by_full_matrix_bfgs_adam_in_basis as scale_by_full_matrix_bfgs_adam_in_basis,
+)
+from lowrank_optax._src.lre.inner import (
+    scale_by_full_matrix_hutchinson_adam_in_basis as scale_by_full_matrix_hutchinson_adam_in_basis,
+)
+from lowrank_optax._src.lre.inner import (
+    scale_by_hutchinson_adam_in_basis as scale_by_hutchinson_adam_in_basis,
+)
+from lowrank_optax._src.lre.inner import (
+    scale_by_inverse_eigenvalues as scale_by_inverse_eigenvalues,
+)
+from lowrank_optax._src.lre.inner import scale_by_lion_in_basis as scale_by_lion_in_basis
