@@ -303,8 +303,14 @@ def project_lowrank(
             old = state.bases[k]
             usable = jnp.all(jnp.isfinite(g2), axis=(-2, -1)) & jnp.any(g2 != 0, axis=(-2, -1))
             usable = usable[..., None, None]
-            left = None if old.left is None else jnp.where(usable, u.astype(g.dtype), old.left)
-            right = None if old.right is None else jnp.where(usable, vh.astype(g.dtype), old.right)
+            left = (
+                None if old.left is None else jnp.where(usable, u.astype(old.left.dtype), old.left)
+            )
+            right = (
+                None
+                if old.right is None
+                else jnp.where(usable, vh.astype(old.right.dtype), old.right)
+            )
             bases[k] = LeafBasis(left, right)
         new_key = key if projector == "randomized" else state.key
         return bases, new_key
@@ -358,8 +364,11 @@ def project_lowrank(
         inner_state = state.inner_state
         inner_kwargs = dict(extra_args)
         if on_refresh == "reset":
+            # Fresh state in the stored dtypes (gradients may differ from params in dtype).
             inner_state = jax.lax.cond(
-                refresh, lambda: inner.init(proxies_of(raw, plans)), lambda: inner_state
+                refresh,
+                lambda: optax.tree.cast_like(inner.init(proxies_of(raw, plans)), inner_state),
+                lambda: inner_state,
             )
         elif on_refresh == "reproject":
             apply = refresh & (state.count > 0)
