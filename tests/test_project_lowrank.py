@@ -457,6 +457,23 @@ class DtypeTest(parameterized.TestCase):
             self.assertTrue(np.all(np.isfinite(np.asarray(params[name], np.float32))))
 
 
+class MixedDtypeTest(absltest.TestCase):
+    def test_float32_gradients_for_bf16_params(self):
+        # Bases are stored in the param dtype; a refresh (and a 'reset') must not change
+        # the state's dtypes when the gradients come in another dtype.
+        params = {"w": jnp.ones((6, 4), jnp.bfloat16), "b": jnp.ones((4,), jnp.bfloat16)}
+        grads = _grad_seq({"w": (6, 4), "b": (4,)}, 3, seed=15)
+        tx = lowrank.project_lowrank(
+            lowrank.scale_by_adam_in_basis(), rank=2, update_proj_gap=2, on_refresh="reset"
+        )
+        updates, states = _trajectory(tx, grads, params)
+        dtypes = lambda s: [x.dtype for x in jax.tree.leaves(s)]
+        for s in states[1:]:
+            self.assertEqual(dtypes(s), dtypes(states[0]))
+        self.assertEqual(states[-1].bases["['w']"].right.dtype, jnp.bfloat16)
+        self.assertTrue(all(np.all(np.isfinite(u["w"])) for u in updates))
+
+
 # Static arguments as the galore_adamw docstring lists them.
 GALORE_ADAMW_STATIC = (
     "rank",
