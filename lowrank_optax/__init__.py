@@ -40,6 +40,34 @@ from lowrank_optax._src.weight_decay import (
 # --- distributed helpers ------------------------------------------------------
 
 # --- holocron.optim family ----------------------------------------------------
+from lowrank_optax._src.holocron.adabelief import ScaleByAdaBeliefState as ScaleByAdaBeliefState
+from lowrank_optax._src.holocron.adabelief import adabelief as adabelief
+from lowrank_optax._src.holocron.adabelief import scale_by_adabelief as scale_by_adabelief
+from lowrank_optax._src.holocron.adamp import ScaleByAdampState as ScaleByAdampState
+from lowrank_optax._src.holocron.adamp import adamp as adamp
+from lowrank_optax._src.holocron.adamp import scale_by_adamp as scale_by_adamp
+from lowrank_optax._src.holocron.adan import ScaleByAdanState as ScaleByAdanState
+from lowrank_optax._src.holocron.adan import adan as adan
+from lowrank_optax._src.holocron.adan import scale_by_adan as scale_by_adan
+from lowrank_optax._src.holocron.ademamix import ScaleByAdemamixState as ScaleByAdemamixState
+from lowrank_optax._src.holocron.ademamix import ademamix as ademamix
+from lowrank_optax._src.holocron.ademamix import scale_by_ademamix as scale_by_ademamix
+from lowrank_optax._src.holocron.lamb import lamb as lamb
+from lowrank_optax._src.holocron.lamb import scale_by_lamb as scale_by_lamb
+from lowrank_optax._src.holocron.lars import lars as lars
+from lowrank_optax._src.holocron.lars import scale_by_lars_trust_ratio as scale_by_lars_trust_ratio
+from lowrank_optax._src.holocron.lookahead import LookaheadState as LookaheadState
+from lowrank_optax._src.holocron.lookahead import lookahead as lookahead
+from lowrank_optax._src.holocron.momentum import trace_dampened as trace_dampened
+from lowrank_optax._src.holocron.proximal import ProximalDecayState as ProximalDecayState
+from lowrank_optax._src.holocron.proximal import proximal_decay as proximal_decay
+from lowrank_optax._src.holocron.ralars import ralars as ralars
+from lowrank_optax._src.holocron.ralars import scale_by_ralars as scale_by_ralars
+from lowrank_optax._src.holocron.scout import ScoutState as ScoutState
+from lowrank_optax._src.holocron.scout import scout as scout
+from lowrank_optax._src.holocron.tadam import ScaleByTadamState as ScaleByTadamState
+from lowrank_optax._src.holocron.tadam import scale_by_tadam as scale_by_tadam
+from lowrank_optax._src.holocron.tadam import tadam as tadam
 
 # --- LRG-Adam -----------------------------------------------------------------
 from lowrank_optax._src.lrg import ScaleByTorchAmsgradState as ScaleByTorchAmsgradState
