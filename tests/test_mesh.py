@@ -16,14 +16,21 @@ import pytest
 
 MESH_DIR = pathlib.Path(__file__).resolve().parent / "mesh"
 SUITES = sorted(p.name for p in MESH_DIR.glob("mesh_*.py"))
+SIMULATED_DEVICE_FLAGS = (
+    "--xla_force_host_platform_device_count=8",
+    "--xla_cpu_collective_call_terminate_timeout_seconds=600",
+    "--xla_cpu_collective_timeout_seconds=600",
+    "--xla_cpu_collective_call_warn_stuck_timeout_seconds=120",
+)
 
 
 @pytest.mark.parametrize("suite", SUITES)
 def test_mesh_suite(suite: str) -> None:
     env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-    ).strip()
+    # Simulated devices share the host's threads; on a loaded 2-core machine a
+    # collective can wait longer than XLA's default 40 s before aborting.
+    flags = " ".join(SIMULATED_DEVICE_FLAGS)
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + flags).strip()
     env["LOWRANK_MESH_SUBPROCESS"] = "1"
     result = subprocess.run(
         [
