@@ -127,23 +127,21 @@ class PositiveQrTest(absltest.TestCase):
         np.testing.assert_allclose(np.tril(r, -1), 0.0, atol=1e-5)
 
 
-class RandomizedFactorsTest(parameterized.TestCase):
-    @parameterized.parameters((12, 7), (7, 12))
-    def test_orthonormal(self, m, n):
-        g = jnp.asarray(_random((m, n), seed=m))
-        u, vh = _randomized(g, 3, jax.random.PRNGKey(0), oversampling=2)
-        self.assertEqual(u.shape, (m, 3))
-        self.assertEqual(vh.shape, (3, n))
-        np.testing.assert_allclose(np.asarray(u.T @ u), np.eye(3), atol=1e-5)
-        np.testing.assert_allclose(np.asarray(vh @ vh.T), np.eye(3), atol=1e-5)
+# Few distinct (shape, rank, oversampling, power_iterations) configurations: each one
+# compiles the range finder once, and the tests below share them.
+SPAN_CASES = ((20, 9, 3, 3, 0), (9, 20, 2, 4, 1), (16, 16, 4, 4, 2))  # m, n, rank(G), r, os
 
-    @parameterized.parameters(
-        (20, 9, 3, 3, 0), (9, 20, 3, 3, 0), (20, 9, 2, 4, 1), (9, 20, 2, 4, 1), (16, 16, 4, 4, 2)
-    )
-    def test_exact_span_when_rank_at_most_r(self, m, n, k, r, oversampling):
+
+class RandomizedFactorsTest(parameterized.TestCase):
+    @parameterized.parameters(*SPAN_CASES)
+    def test_orthonormal_and_exact_span_when_rank_at_most_r(self, m, n, k, r, oversampling):
         g = _low_rank(m, n, k, seed=m + n)
         u, vh = _randomized(jnp.asarray(g), r, jax.random.PRNGKey(1), oversampling=oversampling)
+        self.assertEqual(u.shape, (m, r))
+        self.assertEqual(vh.shape, (r, n))
         u, vh = np.asarray(u, np.float64), np.asarray(vh, np.float64)
+        np.testing.assert_allclose(u.T @ u, np.eye(r), atol=1e-5)
+        np.testing.assert_allclose(vh @ vh.T, np.eye(r), atol=1e-5)
         np.testing.assert_allclose(u @ (u.T @ g), g, atol=1e-5)
         np.testing.assert_allclose((g @ vh.T) @ vh, g, atol=1e-5)
         if k == r:
@@ -153,7 +151,7 @@ class RandomizedFactorsTest(parameterized.TestCase):
             np.testing.assert_allclose(vh, ref_vh, atol=1e-4)
 
     def test_same_key_same_basis_other_key_other_basis(self):
-        g = jnp.asarray(_random((30, 20), seed=9))
+        g = jnp.asarray(_random((30, 20), seed=9))  # full rank: the sketch depends on the key
         run = lambda seed: _randomized(
             g, 3, jax.random.PRNGKey(seed), oversampling=1, power_iterations=0
         )
@@ -163,25 +161,29 @@ class RandomizedFactorsTest(parameterized.TestCase):
         self.assertFalse(np.allclose(np.asarray(a[0]), np.asarray(c[0]), atol=1e-3))
 
     def test_power_iterations_approach_svd(self):
-        g = _random((40, 30), seed=10)
-        ref_u, _ = svd_basis(g, 2)
+        # Full rank with a decaying spectrum (gaps the iterations can resolve).
+        rng = np.random.default_rng(10)
+        a = np.linalg.qr(rng.standard_normal((30, 20)))[0]
+        b = np.linalg.qr(rng.standard_normal((20, 20)))[0]
+        g = ((a * 0.7 ** np.arange(20)) @ b.T).astype(np.float32)
+        ref_u, _ = svd_basis(g, 3)
         errs = []
         for q in (0, 4):
             u, _ = _randomized(
-                jnp.asarray(g), 2, jax.random.PRNGKey(2), oversampling=4, power_iterations=q
+                jnp.asarray(g), 3, jax.random.PRNGKey(2), oversampling=1, power_iterations=q
             )
             u = np.asarray(u, np.float64)
             errs.append(np.linalg.norm(u @ u.T - ref_u @ ref_u.T))
-        self.assertLess(errs[1], errs[0])
-        self.assertLess(errs[1], 0.3)
+        self.assertLess(errs[1], 0.1 * errs[0])
+        self.assertLess(errs[1], 1e-2)
 
     def test_bf16_is_decomposed_in_float32(self):
-        g = jnp.asarray(_random((12, 6), seed=11)).astype(jnp.bfloat16)
+        g = jnp.asarray(_random((20, 9), seed=11)).astype(jnp.bfloat16)
         key = jax.random.PRNGKey(3)
-        u, vh = _randomized(g, 2, key)
+        u, vh = _randomized(g, 3, key, oversampling=0)
         self.assertEqual(u.dtype, jnp.float32)
         self.assertEqual(vh.dtype, jnp.float32)
-        u32, vh32 = _randomized(g.astype(jnp.float32), 2, key)
+        u32, vh32 = _randomized(g.astype(jnp.float32), 3, key, oversampling=0)
         np.testing.assert_array_equal(np.asarray(u), np.asarray(u32))
         np.testing.assert_array_equal(np.asarray(vh), np.asarray(vh32))
 

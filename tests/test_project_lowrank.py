@@ -427,7 +427,9 @@ class JitStabilityTest(absltest.TestCase):
 
 
 class DtypeTest(parameterized.TestCase):
-    @parameterized.parameters("svd", "randomized")
+    # The randomized projector on bf16 is covered by test_linalg (decomposition) and the
+    # conformance suite's bf16 dtype-preservation body.
+    @parameterized.parameters("svd")
     def test_bf16_params(self, projector):
         grads = jax.tree.map(
             lambda x: jnp.asarray(x, jnp.bfloat16),
