@@ -1,22 +1,13 @@
 """AdamP (Heo et al., 2020): Adam with a projection for scale-invariant weights."""
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from lowrank_optax._src.holocron import checks, common
-
-
-class ScaleByAdampState(NamedTuple):
-    """State of :func:`scale_by_adamp` (``nu_max`` is ``None`` without AMSGrad)."""
-
-    count: jax.Array  # int32 scalar
-    mu: optax.Updates
-    nu: optax.Updates
-    nu_max: optax.Updates | None
-
+from lowrank_optax._src.lrg import scale_by_torch_amsgrad
 
 _COS_EPS = 1e-8  # torch.nn.functional.cosine_similarity's default eps
 
@@ -54,8 +45,12 @@ def scale_by_adamp(
 ) -> optax.GradientTransformation:
     r"""AdamP direction (see :func:`adamp` for the formulas).
 
-    The cosine test uses the incoming updates, so a weight decay added before
-    this transform (as :func:`adamp` does) enters it.
+    The moments are those of :func:`optax.scale_by_adam`, or of
+    :func:`scale_by_torch_amsgrad` with ``amsgrad`` (maximum of the raw second
+    moment, as torch), which this transform runs: their state is its state. The
+    quotient uses a zero-safe division. The cosine test uses the incoming
+    updates, so a weight decay added before this transform (as :func:`adamp`
+    does) enters it.
 
     Args:
       b1: :math:`\beta_1 \in [0, 1)`.
@@ -73,35 +68,23 @@ def scale_by_adamp(
     checks.eps(eps)
     checks.nonnegative("delta", delta)
 
-    def init_fn(params: Any) -> ScaleByAdampState:
-        return ScaleByAdampState(
-            count=jnp.zeros([], jnp.int32),
-            mu=optax.tree.zeros_like(params),
-            nu=optax.tree.zeros_like(params),
-            nu_max=common.zeros_or_none(params, amsgrad),
-        )
+    moments = scale_by_torch_amsgrad(b1, b2, eps) if amsgrad else optax.scale_by_adam(b1, b2, eps)
 
-    def update_fn(
-        updates: Any, state: ScaleByAdampState, params: Any = None
-    ) -> tuple[Any, ScaleByAdampState]:
+    def update_fn(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
         if params is None:
             raise ValueError(optax.NO_PARAMS_MSG)
-        mu = optax.tree.cast_like(optax.tree.update_moment(updates, state.mu, b1, 1), state.mu)
-        nu = optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
-        nu = optax.tree.cast_like(nu, state.nu)
-        nu_den, nu_max = common.amsgrad_max(nu, state.nu_max)
-        count = optax.safe_int32_increment(state.count)
-        steps = common.adaptive_direction(mu, nu_den, b1, b2, count, eps)
+        _, state = moments.update(updates, state)  # the moments; quotient below
+        nu = state.nu_max if amsgrad else state.nu
+        steps = common.adaptive_direction(state.mu, nu, b1, b2, state.count, eps)
         direction = jax.tree.map(
             lambda p, th, g: project_if_scale_invariant(p, th, g, delta, eps),
             steps,
             params,
             updates,
         )
-        new_state = ScaleByAdampState(count, mu, nu, nu_max)
-        return optax.tree.cast_like(direction, updates), new_state
+        return optax.tree.cast_like(direction, updates), state
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return optax.GradientTransformation(moments.init, update_fn)
 
 
 def adamp(
@@ -142,7 +125,7 @@ def adamp(
       holocron's docstring states :math:`m_0 = g_0` and
       :math:`\sqrt{\hat v_t + \epsilon}`; its code, the paper and this function
       use :math:`m_0 = 0` and :math:`\epsilon` outside the square root (holocron's
-      code is the parity reference). The official AdamP (|cos|, channel-wise
+      code is the parity reference). The official AdamP (absolute cosine, channel-wise
       views, ``wd_ratio``, Nesterov) is not what holocron implements and is not
       offered here.
 
