@@ -43,7 +43,6 @@ from lowrank_optax._src.weight_decay import (
 from lowrank_optax._src.holocron.adabelief import ScaleByAdaBeliefState as ScaleByAdaBeliefState
 from lowrank_optax._src.holocron.adabelief import adabelief as adabelief
 from lowrank_optax._src.holocron.adabelief import scale_by_adabelief as scale_by_adabelief
-from lowrank_optax._src.holocron.adamp import ScaleByAdampState as ScaleByAdampState
 from lowrank_optax._src.holocron.adamp import adamp as adamp
 from lowrank_optax._src.holocron.adamp import scale_by_adamp as scale_by_adamp
 from lowrank_optax._src.holocron.adan import ScaleByAdanState as ScaleByAdanState
