@@ -9,6 +9,7 @@ by hand from the core pieces.
 from __future__ import annotations
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +17,7 @@ import numpy as np
 import optax
 import pytest
 from absl.testing import absltest, parameterized
+from optax._src import base as optax_base
 
 import lowrank_optax as lowrank
 from lowrank_optax._src import lorenza as lz
@@ -116,7 +118,7 @@ class FiniteDifferenceTest(parameterized.TestCase):
         for got, e in zip(g_hat, expected, strict=True):
             np.testing.assert_allclose(np.asarray(got), e, rtol=1e-5, atol=1e-6)
 
-    @parameterized.parameters("std", "right", "full")
+    @parameterized.parameters("std", "full")
     def test_monte_carlo_mean_converges_to_projected_gradient(self, proj_type):
         params = {"w": jnp.asarray(RNG.normal(size=(6, 10)), jnp.float32)}
         loss = lambda p: quadratic({"w": p["w"], "b": jnp.asarray(A["b"])})
@@ -144,7 +146,7 @@ class FiniteDifferenceTest(parameterized.TestCase):
         params = {"w": jnp.asarray(RNG.normal(size=(6, 10)), jnp.float32), "b": jnp.zeros(10)}
         cosines = []
         for q in (1, 512):
-            point, sub, _ = perturb_step(q, False, "point")(params, jax.random.PRNGKey(q))
+            point, sub, _, _ = perturb_step(q, False)(params, jax.random.PRNGKey(q))
             sub = sub["w"]
             target = projector_apply(sub, jax.grad(quadratic)(params)["w"]).ravel()
             eps = np.asarray(point["w"] - params["w"], np.float64).ravel()
@@ -197,13 +199,19 @@ def recorder():
     )
 
 
+def unit_quadratic_grad(p):
+    """Gradient of 0.5‖p − A‖² (identity Hessian): the point is recoverable from it."""
+    return jax.tree.map(lambda x, a: x - a, p, A)
+
+
 @functools.cache
-def perturb_step(num_probes, perturb_unprojected, grad_kind):
+def perturb_step(num_probes, perturb_unprojected):
     """Jitted first step of project_lowrank(None, pre_projection=zo_sam_perturb).
 
-    Returns ``run(params, key) -> (recorded, subspace, out)``: with
-    ``grad_kind='point'`` the "gradient" is the identity, so ``recorded`` is the
-    perturbed point W + ε; with ``'grad'`` it is G_SAM. ``out`` = P Pᵀ(recorded).
+    The probes use ``value_fn=quadratic``; ``grad_fn`` is the gradient of
+    0.5‖p − A‖², so the recorded G_SAM = (W + ε) − A reveals the perturbed point.
+    Returns ``call(params, key) -> (point, subspace, out, g_sam)`` with
+    ``out = P Pᵀ G_SAM`` (projected leaves) and ``G_SAM`` (others).
     """
     pre = optax.chain(
         lowrank.zo_sam_perturb(0.05, 1e-3, num_probes, perturb_unprojected=perturb_unprojected),
@@ -217,35 +225,35 @@ def perturb_step(num_probes, perturb_unprojected, grad_kind):
         power_iterations=0,
         pre_projection=pre,
     )
-    grad_fn = (lambda p: p) if grad_kind == "point" else jax.grad(quadratic)
 
     @jax.jit
     def run(params, key):
         state = tx.init(params)
         state = state._replace(pre_state=(lz.ZoSamPerturbState(key), state.pre_state[1]))
         grads = jax.grad(quadratic)(params)
-        out, state = tx.update(grads, state, params, value_fn=quadratic, grad_fn=grad_fn)
+        out, state = tx.update(
+            grads, state, params, value_fn=quadratic, grad_fn=unit_quadratic_grad
+        )
         return state.pre_state[1], state.bases, out
 
     def call(params, key):
-        recorded, bases, out = run(params, key)
+        g_sam, bases, out = run(params, key)
+        point = jax.tree.map(lambda g, a: g + a, g_sam, A)
         plans = resolve_plans(params, rank=2, proj_type="std", dimension_numbers=None, mask=None)
         subspace = {
             name: None if plan is None else lowrank.Subspace(plan, bases[f"['{name}']"])
             for name, plan in zip(sorted(params), plans, strict=True)
         }
-        return recorded, subspace, out
+        return point, subspace, out, g_sam
 
     return call
 
 
 class SamSignTest(parameterized.TestCase):
-    @parameterized.product(num_probes=(1, 8), seed=(0, 1))
+    @parameterized.product(num_probes=(1, 512), seed=(0, 1))
     def test_perturbation_ascends(self, num_probes, seed):
         params = start_params()
-        point, subspace, _ = perturb_step(num_probes, False, "point")(
-            params, jax.random.PRNGKey(seed)
-        )
+        point, subspace, _, _ = perturb_step(num_probes, False)(params, jax.random.PRNGKey(seed))
         eps_w = np.asarray(point["w"] - params["w"])
         np.testing.assert_allclose(np.linalg.norm(eps_w), 0.05, rtol=1e-4)
         np.testing.assert_allclose(projector_apply(subspace["w"], eps_w), eps_w, atol=1e-6)
@@ -253,32 +261,28 @@ class SamSignTest(parameterized.TestCase):
 
     def test_unprojected_leaves_unperturbed_by_default(self):
         params = start_params()
-        point, subspace, _ = perturb_step(1, False, "point")(params, jax.random.PRNGKey(0))
+        point, subspace, _, _ = perturb_step(1, False)(params, jax.random.PRNGKey(0))
         self.assertIsNone(subspace["b"])
         np.testing.assert_array_equal(point["b"], params["b"])
-        point, _, _ = perturb_step(2, True, "point")(params, jax.random.PRNGKey(0))
+        point, _, _, _ = perturb_step(2, True)(params, jax.random.PRNGKey(0))
         eps = np.concatenate([np.ravel(point[k] - params[k]) for k in ("w", "b")])
         np.testing.assert_allclose(np.linalg.norm(eps), 0.05, rtol=1e-4)  # global norm
         self.assertGreater(float(np.linalg.norm(point["b"] - params["b"])), 1e-4)
 
     def test_output_is_projected_sam_gradient(self):
-        # project_lowrank(None) emits P Pᵀ G_SAM for projected leaves, G_SAM for others.
+        # project_lowrank(None) emits P Pᵀ G_SAM for projected leaves, G_SAM for others,
+        # with G_SAM = grad_fn(W + ε).
         params = start_params()
-        key = jax.random.PRNGKey(4)
-        point, _, _ = perturb_step(1, False, "point")(params, key)
-        g_sam, subspace, out = perturb_step(1, False, "grad")(params, key)
-        np.testing.assert_allclose(
-            g_sam["w"], jax.grad(quadratic)(point)["w"], rtol=1e-5, atol=1e-6
-        )
+        point, subspace, out, g_sam = perturb_step(1, False)(params, jax.random.PRNGKey(4))
+        self.assertGreater(float(jnp.linalg.norm(point["w"] - params["w"])), 0.04)
         np.testing.assert_allclose(
             out["w"], projector_apply(subspace["w"], g_sam["w"]), rtol=1e-4, atol=1e-6
         )
         np.testing.assert_array_equal(out["b"], g_sam["b"])
+        np.testing.assert_array_equal(g_sam["b"], params["b"] - A["b"])  # b unperturbed
 
     def test_lorenza_decreases_convex_loss(self):
         tx = lowrank.lorenza(5e-2, rank=2, update_proj_gap=5, rho=0.05, num_probes=2)
-        params = start_params()
-        state = tx.init(params)
 
         @jax.jit
         def step(params, state):
@@ -286,6 +290,16 @@ class SamSignTest(parameterized.TestCase):
             updates, state = tx.update(grads, state, params, value_fn=quadratic)
             return optax.apply_updates(params, updates), state
 
+        # Degenerate start: at the minimum the gradient is zero (canonical fallback
+        # basis, ε from rounding noise only); the step stays finite and tiny.
+        minimum = {"w": jnp.asarray(A["w"]), "b": jnp.asarray(A["b"])}
+        moved, _ = step(minimum, tx.init(minimum))
+        for a in jax.tree.leaves(moved):
+            self.assertTrue(bool(jnp.all(jnp.isfinite(a))))
+        self.assertLess(float(quadratic(moved)), 1e-3)
+
+        params = start_params()
+        state = tx.init(params)
         losses = [float(quadratic(params))]
         for _ in range(60):
             params, state = step(params, state)
@@ -309,11 +323,11 @@ def galore_randomized_reference(lr, wd, **kw):
 
 
 class ReductionTest(parameterized.TestCase):
-    @parameterized.parameters(("std", 0.0), ("full", 0.1), ("reverse_std", 0.0))
-    def test_rho_zero_is_randomized_galore_bitwise(self, proj_type, wd):
-        kw = dict(rank=2, update_proj_gap=3, proj_type=proj_type, seed=4)
-        tx = lowrank.lorenza(1e-2, weight_decay=wd, rho=0.0, **kw)
-        ref = galore_randomized_reference(1e-2, wd, **kw)
+    def test_rho_zero_is_randomized_galore_bitwise(self):
+        # Static rho = 0: no probes. ('std' is covered by the injected case below.)
+        kw = dict(rank=2, update_proj_gap=3, proj_type="full", seed=4)
+        tx = lowrank.lorenza(1e-2, weight_decay=0.1, rho=0.0, **kw)
+        ref = galore_randomized_reference(1e-2, 0.1, **kw)
         self._compare(tx, ref, inject=False)
 
     def test_injected_rho_zero_is_randomized_galore_bitwise(self):
@@ -372,8 +386,8 @@ class ReductionTest(parameterized.TestCase):
 
 
 class CallCountTest(parameterized.TestCase):
-    @parameterized.parameters(1, 3)
-    def test_value_and_grad_counts(self, num_probes):
+    def test_value_and_grad_counts(self):
+        num_probes = 3
         counts = {"value": 0, "grad": 0, "value_traces": 0}
 
         def bump(name):
@@ -411,19 +425,27 @@ class CallCountTest(parameterized.TestCase):
     def test_rho_zero_makes_no_forward_pass(self):
         calls = []
         value_fn = lambda p: calls.append(1) or quadratic(p)
-        tx = lowrank.lorenza(1e-2, rank=2, rho=0.0)
+        tx = lowrank.zo_sam_perturb(rho=0.0)
         params = start_params()
-        tx.update(jax.grad(quadratic)(params), tx.init(params), params, value_fn=value_fn)
+        out, _ = tx.update(
+            params, tx.init(params), params, value_fn=value_fn, grad_fn=jax.grad(quadratic)
+        )
         self.assertEqual(calls, [])
+        np.testing.assert_array_equal(out["w"], jax.grad(quadratic)(params)["w"])
 
     def test_default_grad_fn_is_grad_of_value_fn(self):
         tx = lowrank.zo_sam_perturb(rho=0.05, num_probes=2)
         params = start_params()
-        state = tx.init(params)
-        a, _ = tx.update(params, state, params, value_fn=quadratic)
-        b, _ = tx.update(params, state, params, value_fn=quadratic, grad_fn=jax.grad(quadratic))
+
+        @jax.jit
+        def both(state):
+            a, _ = tx.update(params, state, params, value_fn=quadratic)
+            b, _ = tx.update(params, state, params, value_fn=quadratic, grad_fn=jax.grad(quadratic))
+            return a, b
+
+        a, b = both(tx.init(params))
         for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-            np.testing.assert_array_equal(x, y)
+            np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
 
 
 class DegenerateTest(parameterized.TestCase):
@@ -446,16 +468,6 @@ class DegenerateTest(parameterized.TestCase):
         )(tx.init(params))
         for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(grad_fn(params)), strict=True):
             np.testing.assert_array_equal(a, b)
-
-    def test_zero_gradient_at_first_refresh(self):
-        # Zero gradient: canonical fallback basis; the step still runs and is finite.
-        tx = lowrank.lorenza(1e-2, rank=2)
-        params = {"w": jnp.asarray(A["w"]), "b": jnp.asarray(A["b"])}  # the minimum
-        state = tx.init(params)
-        grads = jax.grad(quadratic)(params)
-        out, state = tx.update(grads, state, params, value_fn=quadratic)
-        for x in jax.tree.leaves(out):
-            self.assertTrue(bool(jnp.all(jnp.isfinite(x))))
 
     def test_bf16_params(self):
         tx = lowrank.lorenza(1e-2, rank=2, mu=1e-2, perturb_unprojected=True)
@@ -523,7 +535,7 @@ class ErrorTest(parameterized.TestCase):
         params = start_params()
         for tx in (lowrank.lorenza(1e-3, rank=2), lowrank.zo_sam_perturb()):
             with pytest.raises(ValueError, match="`value_fn`"):
-                tx.update(params, tx.init(params), params)
+                jax.eval_shape(lambda tx=tx: tx.update(params, tx.init(params), params))
 
     def test_bad_callables_and_outputs(self):
         params = start_params()
@@ -543,11 +555,11 @@ class ErrorTest(parameterized.TestCase):
     def test_params_none(self):
         params = start_params()
         tx = lowrank.zo_sam_perturb()
-        with pytest.raises(ValueError, match="params"):
+        with pytest.raises(ValueError, match=re.escape(optax_base.NO_PARAMS_MSG)):
             tx.update(params, tx.init(params), None, value_fn=quadratic)
         tx = lowrank.lorenza(1e-3, rank=2)
-        with pytest.raises(ValueError, match="params"):
-            tx.update(params, tx.init(params), None, value_fn=quadratic)
+        with pytest.raises(ValueError, match=re.escape(optax_base.NO_PARAMS_MSG)):
+            jax.eval_shape(lambda: tx.update(params, tx.init(params), None, value_fn=quadratic))
 
     def test_reserved_subspace_argument(self):
         params = start_params()

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from optax._src import base as optax_base
 
 from lowrank_optax._src import validation as v
 from lowrank_optax._src.adam_in_basis import scale_by_adam_in_basis
@@ -344,7 +345,7 @@ def zo_sam_perturb(
         if grad_fn is not None and not callable(grad_fn):
             raise TypeError(f"`grad_fn` must be callable (params -> grads), got {grad_fn!r}.")
         if params is None:
-            raise ValueError(optax.NO_PARAMS_MSG)
+            raise ValueError(optax_base.NO_PARAMS_MSG)
         gradient = jax.grad(value_fn) if grad_fn is None else grad_fn
 
         key, step_key = jax.random.split(state.key)

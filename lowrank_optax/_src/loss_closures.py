@@ -145,7 +145,7 @@ def make_nnx_value_and_grad_fns(
     graphdef, _, rest = nnx.split(model, wrt, ...)
 
     def value_fn(params: Any) -> Any:
-        merged = nnx.merge(graphdef, params, rest)
+        merged = nnx.merge(graphdef, params, rest, copy=True)
         return _loss_only(loss_fn(merged, *args, **kwargs), has_aux)
 
     return {"value_fn": value_fn, "grad_fn": jax.grad(value_fn)}
