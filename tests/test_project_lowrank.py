@@ -426,11 +426,10 @@ class JitStabilityTest(absltest.TestCase):
         self.assertTrue(all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params)))
 
 
-class DtypeTest(parameterized.TestCase):
+class DtypeTest(absltest.TestCase):
     # The randomized projector on bf16 is covered by test_linalg (decomposition) and the
     # conformance suite's bf16 dtype-preservation body.
-    @parameterized.parameters("svd")
-    def test_bf16_params(self, projector):
+    def test_bf16_params(self, projector="svd"):
         grads = jax.tree.map(
             lambda x: jnp.asarray(x, jnp.bfloat16),
             _grad_seq({"w": (6, 4), "v": (3, 5), "b": (4,)}, 1, seed=10)[0],
