@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
+from optax._src import base as optax_base
 
 from lowrank_optax._src import validation as v
 from lowrank_optax._src.lre.linalg import tiny
@@ -85,6 +86,8 @@ class CollectContext(NamedTuple):
       key: PRNG key for this step.
       project_out: ``z ↦ z − Q(Qᵀz)`` block by block (identity where no basis yet).
       normalize: ``z ↦ z / max(‖z‖, 2·tiny)`` block by block.
+      always_update: static flag, True when every step is an update step
+        (``update_freq=1``, ``init_steps=0``): no ``lax.cond`` is needed.
     """
 
     grad: jax.Array
@@ -96,6 +99,7 @@ class CollectContext(NamedTuple):
     key: jax.Array
     project_out: Callable[[jax.Array], jax.Array]
     normalize: Callable[[jax.Array], jax.Array]
+    always_update: bool = False
 
 
 class Curvature(NamedTuple):
@@ -135,7 +139,7 @@ def _require(extra: dict[str, Any], names: tuple[str, ...], who: str) -> None:
 
 def _need_params(ctx: CollectContext, who: str) -> jax.Array:
     if ctx.params is None:
-        raise ValueError(f"lowrank.curvatures.{who}: {optax.NO_PARAMS_MSG}")
+        raise ValueError(f"lowrank.curvatures.{who}: {optax_base.NO_PARAMS_MSG}")
     return ctx.params
 
 
@@ -544,7 +548,10 @@ def _hvp_curvature(
         def skip() -> tuple[jax.Array, jax.Array]:
             return jnp.zeros_like(g), jnp.zeros_like(g)
 
-        vec, hz = jax.lax.cond(ctx.should_update, compute, skip)
+        if ctx.always_update:
+            vec, hz = compute()
+        else:
+            vec, hz = jax.lax.cond(ctx.should_update, compute, skip)
         if uses_s:
             prev = jnp.where(ctx.should_update, ctx.params, state.prev_params).astype(g.dtype)
             new_state = HvpState(prev, state.has_prev | ctx.should_update)

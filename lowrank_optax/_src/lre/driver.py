@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 from jax.sharding import PartitionSpec
+from optax._src import base as optax_base
 from optax.tree_utils import _state_utils
 
 from lowrank_optax._src import validation as v
@@ -323,7 +324,8 @@ def eigenbasis_update(
                 )
         if curvature.needs_params and params is None:
             raise ValueError(
-                f"lowrank.curvatures.{curvature.name} reads the parameters: " + optax.NO_PARAMS_MSG
+                f"lowrank.curvatures.{curvature.name} reads the parameters: "
+                + optax_base.NO_PARAMS_MSG
             )
         flat_g, unravel = ravel_pytree(updates)
         dtype = _compute_dtype(flat_g.dtype, compute_dtype)
@@ -333,6 +335,7 @@ def eigenbasis_update(
         blocks = _blocks(updates, per_leaf)
         specs = specs_of(updates, dtype)
         count = state.count
+        always_update = update_freq == 1 and init_steps == 0
         should_update = (count % update_freq == 0) | (count < init_steps)
         key, k_curv, k_basis = jax.random.split(state.key, 3)
 
@@ -372,6 +375,7 @@ def eigenbasis_update(
             key=k_curv,
             project_out=project_out,
             normalize=normalize,
+            always_update=always_update,
         )
         cstate, buffers, probes = curvature.collect(state.curvature_state, ctx)
         bkeys = jax.random.split(k_basis, len(blocks))
@@ -412,9 +416,11 @@ def eigenbasis_update(
             no = [jnp.zeros([], jnp.bool_) for _ in lam_old]
             return (bstates, lam_old, valid_old, acc_old, acc_valid_old, has_old, rot, no)
 
-        (bstates_new, lam, valid, acc, acc_valid, has_basis, rots, applies) = jax.lax.cond(
-            should_update, do_update, keep
-        )
+        if always_update:  # static: no cond (also keeps eager-mode updates cheap)
+            updated = do_update()
+        else:
+            updated = jax.lax.cond(should_update, do_update, keep)
+        (bstates_new, lam, valid, acc, acc_valid, has_basis, rots, applies) = updated
         bstates_new = list(bstates_new)
 
         def coords_of(vec: jax.Array) -> Any:
