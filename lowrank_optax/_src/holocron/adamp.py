@@ -5,6 +5,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+from optax._src import base as optax_base
 
 from lowrank_optax._src.holocron import checks, common
 from lowrank_optax._src.lrg import scale_by_torch_amsgrad
@@ -72,7 +73,7 @@ def scale_by_adamp(
 
     def update_fn(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
         if params is None:
-            raise ValueError(optax.NO_PARAMS_MSG)
+            raise ValueError(optax_base.NO_PARAMS_MSG)
         _, state = moments.update(updates, state)  # the moments; quotient below
         nu = state.nu_max if amsgrad else state.nu
         steps = common.adaptive_direction(state.mu, nu, b1, b2, state.count, eps)

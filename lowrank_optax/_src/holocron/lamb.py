@@ -4,6 +4,7 @@ from typing import Any
 
 import jax
 import optax
+from optax._src import base as optax_base
 
 from lowrank_optax._src.holocron import checks, common, trust_ratio
 
@@ -50,7 +51,7 @@ def scale_by_lamb(
 
     def update_fn(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
         if params is None:
-            raise ValueError(optax.NO_PARAMS_MSG)
+            raise ValueError(optax_base.NO_PARAMS_MSG)
         _, state = adam.update(updates, state)  # optax's moments; quotient below
         direction = common.adaptive_direction(state.mu, state.nu, b1, b2, state.count, eps)
         direction = optax.tree.cast_like(direction, updates)

@@ -4,6 +4,7 @@ from typing import Any
 
 import jax
 import optax
+from optax._src import base as optax_base
 
 from lowrank_optax._src.holocron import checks, common, trust_ratio
 from lowrank_optax._src.holocron.momentum import trace_dampened
@@ -51,7 +52,7 @@ def scale_by_lars_trust_ratio(
 
     def update_fn(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
         if params is None:
-            raise ValueError(optax.NO_PARAMS_MSG)
+            raise ValueError(optax_base.NO_PARAMS_MSG)
 
         def leaf(g: jax.Array, p: jax.Array) -> jax.Array:
             p_norm = common.leaf_norm(p)

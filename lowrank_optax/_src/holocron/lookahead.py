@@ -5,6 +5,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from optax._src import base as optax_base
 
 from lowrank_optax._src.holocron import checks
 
@@ -147,7 +148,7 @@ def lookahead(
         updates: Any, state: LookaheadState, params: Any = None, **extra_args: Any
     ) -> tuple[Any, LookaheadState]:
         if params is None:
-            raise ValueError(optax.NO_PARAMS_MSG)
+            raise ValueError(optax_base.NO_PARAMS_MSG)
         fast, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
         count = optax.safe_int32_increment(state.count)
         operands = (state.slow, params, fast)

@@ -5,6 +5,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+from optax._src import base as optax_base
 
 from lowrank_optax._src.holocron import checks, common, trust_ratio
 
@@ -68,7 +69,7 @@ def scale_by_ralars(
 
     def update_fn(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
         if params is None:
-            raise ValueError(optax.NO_PARAMS_MSG)
+            raise ValueError(optax_base.NO_PARAMS_MSG)
         _, state = adam.update(updates, state)  # optax's moments; quotients below
         adam_dir = common.adaptive_direction(state.mu, state.nu, b1, b2, state.count, eps)
         mu_hat = optax.tree.bias_correction(state.mu, b1, state.count)

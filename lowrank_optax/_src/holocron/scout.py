@@ -5,6 +5,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from optax._src import base as optax_base
 
 from lowrank_optax._src.holocron import checks, common
 from lowrank_optax._src.holocron.lookahead import copy_params, sync_towards
@@ -186,7 +187,7 @@ def scout(
         updates: Any, state: ScoutState, params: Any = None, **extra_args: Any
     ) -> tuple[Any, ScoutState]:
         if params is None:
-            raise ValueError(optax.NO_PARAMS_MSG)
+            raise ValueError(optax_base.NO_PARAMS_MSG)
         fast, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
         position = state.count % period + 1
         stats = accumulate(state, fast, position)

@@ -12,7 +12,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
+from optax._src import base as optax_base
 
 from lowrank_optax._src.holocron import common
 
@@ -49,7 +49,7 @@ def apply_clipped_trust_ratio(
     The ratio is 1 when ``phi(||theta||) = 0`` or ``||u|| = 0``.
     """
     if params is None:
-        raise ValueError(optax.NO_PARAMS_MSG)
+        raise ValueError(optax_base.NO_PARAMS_MSG)
     decayed = weight_decayed(direction, params, weight_decay)
 
     def scale_leaf(u: jax.Array, p: jax.Array) -> jax.Array:
