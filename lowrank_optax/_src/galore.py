@@ -83,7 +83,7 @@ def galore(
       >>> import jax, jax.numpy as jnp, optax
       >>> import lowrank_optax as lowrank
       >>> tx = lowrank.galore(optax.adam(1e-1), rank=2, update_proj_gap=10)
-      >>> params = {'w': jnp.ones((6, 4))}
+      >>> params = {'w': jnp.arange(24.0).reshape(6, 4) % 5 - 2.0}
       >>> loss = lambda p: jnp.sum(p['w'] ** 2)
       >>> state = tx.init(params)
       >>> for _ in range(5):
@@ -91,7 +91,7 @@ def galore(
       ...   updates, state = tx.update(grads, state, params)
       ...   params = optax.apply_updates(params, updates)
       >>> print('Objective function: {:.2f}'.format(loss(params)))
-      Objective function: 13.57
+      Objective function: 31.74
 
     References:
       Zhao et al, `GaLore: Memory-Efficient LLM Training by Gradient Low-Rank
@@ -215,7 +215,8 @@ def galore_adamw(
       >>> tx = lowrank.galore_adamw(1e-2, weight_decay=1e-4, rank=10,
       ...                           update_proj_gap=50, scale=0.5,
       ...                           proj_type='symmetric')
-      >>> params = {'w': jnp.ones((16, 12)), 'b': jnp.ones(12)}
+      >>> w = jnp.cos(jnp.arange(192.0) ** 2 / 7).reshape(16, 12)  # full rank
+      >>> params = {'w': w, 'b': jnp.ones(12)}
       >>> loss = lambda p: jnp.sum(p['w'] ** 2) + jnp.sum(p['b'] ** 2)
       >>> state = tx.init(params)
       >>> for _ in range(5):
@@ -223,7 +224,7 @@ def galore_adamw(
       ...   updates, state = tx.update(grads, state, params)
       ...   params = optax.apply_updates(params, updates)
       >>> print('Objective function: {:.2f}'.format(loss(params)))
-      Objective function: 202.14
+      Objective function: 105.43
 
     References:
       Zhao et al, `GaLore: Memory-Efficient LLM Training by Gradient Low-Rank

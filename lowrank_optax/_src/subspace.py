@@ -221,15 +221,22 @@ def _side(proj_type: str, m: int, n: int) -> str:
 
 
 def _as_axes(axes: int | Sequence[int], ndim: int, what: str) -> tuple[int, ...]:
-    seq = (axes,) if isinstance(axes, int) else tuple(axes)
+    if isinstance(axes, (int, np.integer)):
+        seq: tuple = (axes,)
+    elif isinstance(axes, (tuple, list)):
+        seq = tuple(axes)
+    else:
+        raise ValueError(
+            f"`dimension_numbers.{what}` must be an int or a tuple of ints, got {axes!r}."
+        )
     out = []
     for a in seq:
-        if not isinstance(a, int) or not -ndim <= a < ndim:
+        if isinstance(a, bool) or not isinstance(a, (int, np.integer)) or not -ndim <= a < ndim:
             raise ValueError(
                 f"`dimension_numbers.{what}` has axis {a!r} out of range for a leaf with "
                 f"{ndim} dimensions (allowed: integers in [{-ndim}, {ndim - 1}])."
             )
-        out.append(a % ndim)
+        out.append(int(a) % ndim)
     if not out:
         raise ValueError(f"`dimension_numbers.{what}` must name at least one axis.")
     return tuple(out)
