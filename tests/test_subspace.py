@@ -187,6 +187,9 @@ class DimensionNumbersTest(parameterized.TestCase):
         ("same_axis", DN(2, 2)),
         ("empty_rows", DN((), (1, 2))),
         ("empty_cols", DN(0, ())),
+        ("float_axis", DN(0.5, 1)),
+        ("float_in_tuple", DN((0, 1.0), 2)),
+        ("bool_axis", DN(True, 2)),
     )
     def test_invalid_dimension_numbers_raise_at_init(self, dims):
         tx = lowrank.project_lowrank(rank=2, dimension_numbers=dims)  # constructing is fine
