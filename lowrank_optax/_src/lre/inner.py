@@ -459,7 +459,7 @@ def clip_norm_by_ema_in_basis(
       >>> import lowrank_optax as lowrank
       >>> tx = lowrank.clip_norm_by_ema_in_basis(normalize=True)
       >>> out, _ = tx.update(jnp.array([3.0, 4.0]), tx.init(jnp.zeros(2)))
-      >>> print(out)
+      >>> print(out.round(4))
       [0.327 0.436]
 
     References:
@@ -651,7 +651,7 @@ def scale_by_full_matrix_adam_in_basis(
       >>> import lowrank_optax as lowrank
       >>> tx = lowrank.scale_by_full_matrix_adam_in_basis()
       >>> out, _ = tx.update(jnp.array([3.0, 0.0]), tx.init(jnp.zeros(2)))
-      >>> print(out)
+      >>> print(out.round(4))
       [1. 0.]
 
     References:
@@ -769,7 +769,7 @@ def scale_by_hutchinson_adam_in_basis(
       ...                                  jnp.array(True))
       >>> out, _ = tx.update(jnp.array([1.0, 1.0]), tx.init(jnp.zeros(2)),
       ...                    curvature_probes=probes)
-      >>> print(out)
+      >>> print(out.round(4))
       [0.5  0.25]
 
     References:
@@ -782,9 +782,11 @@ def scale_by_hutchinson_adam_in_basis(
     rotate_d = rotate_diagonal if square else rotate_linear
 
     def init_fn(params: optax.Params) -> ScaleByHutchinsonAdamInBasisState:
-        z = jnp.zeros([], jnp.int32)
         return ScaleByHutchinsonAdamInBasisState(
-            z, z, optax.tree.zeros_like(params), optax.tree.zeros_like(params)
+            jnp.zeros([], jnp.int32),
+            jnp.zeros([], jnp.int32),
+            optax.tree.zeros_like(params),
+            optax.tree.zeros_like(params),
         )
 
     def update_fn(
@@ -903,7 +905,7 @@ def scale_by_full_matrix_hutchinson_adam_in_basis(
       ...                                  jnp.array(True))
       >>> out, _ = tx.update(jnp.array([2.0, 2.0]), tx.init(jnp.zeros(2)),
       ...                    curvature_probes=probes)
-      >>> print(out)
+      >>> print(out.round(4))
       [0.5 0.5]
 
     References:
@@ -915,10 +917,9 @@ def scale_by_full_matrix_hutchinson_adam_in_basis(
     v.check_nonnegative("eps", eps)
 
     def init_fn(params: optax.Params) -> ScaleByFullMatrixHutchinsonAdamInBasisState:
-        z = jnp.zeros([], jnp.int32)
         hess = jax.tree.map(lambda p: jnp.zeros(p.shape + p.shape[-1:], p.dtype), params)
         return ScaleByFullMatrixHutchinsonAdamInBasisState(
-            z, z, optax.tree.zeros_like(params), hess
+            jnp.zeros([], jnp.int32), jnp.zeros([], jnp.int32), optax.tree.zeros_like(params), hess
         )
 
     def update_fn(
@@ -1044,7 +1045,7 @@ def scale_by_full_matrix_bfgs_adam_in_basis(
       ...                                  jnp.array(True))
       >>> out, _ = tx.update(jnp.array([3.0, 1.0]), tx.init(jnp.zeros(2)),
       ...                    curvature_probes=probes)
-      >>> print(out)
+      >>> print(out.round(4))
       [1. 1.]
 
     References:
@@ -1057,9 +1058,10 @@ def scale_by_full_matrix_bfgs_adam_in_basis(
     v.check_nonnegative("tol", tol)
 
     def init_fn(params: optax.Params) -> ScaleByFullMatrixBfgsAdamInBasisState:
-        z = jnp.zeros([], jnp.int32)
         dev = jax.tree.map(lambda p: jnp.zeros(p.shape + p.shape[-1:], p.dtype), params)
-        return ScaleByFullMatrixBfgsAdamInBasisState(z, z, optax.tree.zeros_like(params), dev)
+        return ScaleByFullMatrixBfgsAdamInBasisState(
+            jnp.zeros([], jnp.int32), jnp.zeros([], jnp.int32), optax.tree.zeros_like(params), dev
+        )
 
     def update_fn(
         updates: optax.Updates,
@@ -1192,8 +1194,8 @@ def scale_by_cubic_adam_in_basis(
       >>> import lowrank_optax as lowrank
       >>> tx = lowrank.scale_by_cubic_adam_in_basis()
       >>> out, _ = tx.update(jnp.array([1.0, -1.0]), tx.init(jnp.zeros(2)))
-      >>> print(out.round(3))
-      [ 1.618 -1.618]
+      >>> print(out.round(4))
+      [ 1. -1.]
 
     References:
       Nikishev, `LRE: Low-rank eigenbasis <https://github.com/inikishev/lre>`_, 2025
@@ -1204,8 +1206,12 @@ def scale_by_cubic_adam_in_basis(
     v.check_nonnegative("eps", eps)
 
     def init_fn(params: optax.Params) -> ScaleByCubicAdamInBasisState:
-        zeros = optax.tree.zeros_like(params)
-        return ScaleByCubicAdamInBasisState(jnp.zeros([], jnp.int32), zeros, zeros, zeros)
+        return ScaleByCubicAdamInBasisState(
+            jnp.zeros([], jnp.int32),
+            optax.tree.zeros_like(params),
+            optax.tree.zeros_like(params),
+            optax.tree.zeros_like(params),
+        )
 
     def update_fn(
         updates: optax.Updates,
