@@ -131,7 +131,8 @@ def main() -> None:
     print(f"MLP {sizes}, n = {n} parameters, batch {args.batch}, backend {jax.default_backend()}")
     print(f"median of {args.rounds} interleaved rounds x {args.reps} steps")
     print()
-    print(f"| {'optimizer':<24} | {'step ms':>8} | {'x adam':>7} | {'state MB':>9} | {'x adam':>7} |")
+    header = ("optimizer", "step ms", "x adam", "state MB", "x adam")
+    print("| {:<24} | {:>8} | {:>7} | {:>9} | {:>7} |".format(*header))
     print(f"|{'-' * 26}|{'-' * 10}|{'-' * 9}|{'-' * 11}|{'-' * 9}|")
     for c in candidates:
         t = statistics.median(times[c.name])
