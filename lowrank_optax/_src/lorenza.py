@@ -140,7 +140,8 @@ def estimate_ascent(
     :math:`c_j = [f(W+\mu\Delta_j) - f(W-\mu\Delta_j)]/(2\mu)` (all leaves
     perturbed jointly), and :math:`\hat G = \frac1q\sum_j c_j \Delta_j`. The probes
     run in a :func:`jax.lax.scan`, so ``value_fn`` is traced twice and evaluated
-    ``2·num_probes`` times; the sum is accumulated in low-rank coordinates.
+    ``2·num_probes`` times; the sum is accumulated in low-rank coordinates (with
+    one probe, :math:`\hat G = c_1\Delta_1` directly, without the scan).
 
     Returns:
       ``(g_hat, c, finite)``: per-leaf :math:`\hat G` (``None`` for unperturbed
@@ -152,14 +153,23 @@ def estimate_ascent(
     def evaluate(shifted_leaves: list[Any]) -> jax.Array:
         return _scalar_loss(value_fn(jax.tree.unflatten(treedef, shifted_leaves)))
 
-    def body(carry: Any, probe: jax.Array) -> tuple[Any, jax.Array]:
-        acc, finite = carry
-        coords = probe_coordinates(step_key, probe, kinds, leaves)
+    def probe(j: jax.Array | int) -> tuple[list[Any], list[Any], jax.Array]:
+        coords = probe_coordinates(step_key, j, kinds, leaves)
         deltas = to_full(kinds, coords)
         f_plus = evaluate(_shifted(leaves, deltas, mu))
         f_minus = evaluate(_shifted(leaves, deltas, -mu))
         dtype = _compute_dtype(jnp.result_type(f_plus, f_minus))
         c = (f_plus.astype(dtype) - f_minus.astype(dtype)) / (2 * jnp.asarray(mu, dtype))
+        return coords, deltas, c
+
+    if num_probes == 1:  # Ĝ = c Δ: reuse Δ instead of a second back-projection
+        _, deltas, c = probe(0)
+        g_hat = [None if d is None else c.astype(d.dtype) * d for d in deltas]
+        return g_hat, c[None], jnp.isfinite(c)
+
+    def body(carry: Any, j: jax.Array) -> tuple[Any, jax.Array]:
+        acc, finite = carry
+        coords, _, c = probe(j)
         acc = [
             None if a is None else a + (c * u).astype(a.dtype)
             for a, u in zip(acc, coords, strict=True)
@@ -216,8 +226,9 @@ def zo_sam_perturb(
     Cost per step: :math:`2q` evaluations of ``value_fn`` and one of
     ``grad_fn``. The incoming ``updates`` are not used (the output replaces
     them); inside :func:`project_lowrank` they only feed the basis refreshes.
-    ``value_fn`` runs inside a :func:`jax.lax.scan` over the probes: it is traced
-    twice whatever :math:`q`, so compile time does not grow with :math:`q`.
+    With :math:`q > 1`, ``value_fn`` runs inside a :func:`jax.lax.scan` over the
+    probes: it is traced twice whatever :math:`q`, so compile time does not grow
+    with :math:`q`.
 
     Extra arguments of ``update`` (both on the **same minibatch**, typically
     closures over it; see :func:`make_value_and_grad_fns`):
