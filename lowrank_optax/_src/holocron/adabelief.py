@@ -59,9 +59,15 @@ def scale_by_adabelief(
         del params
         mu = optax.tree.update_moment(updates, state.mu, b1, 1)
         belief = optax.tree.sub(updates, mu)
-        nu = optax.tree.update_moment_per_elem_norm(belief, state.nu, b2, 2)
-        if not common.is_zero_constant(eps_root):
-            nu = jax.tree.map(lambda s: s + eps_root, nu)
+        if common.is_zero_constant(eps_root):
+            nu = optax.tree.update_moment_per_elem_norm(belief, state.nu, b2, 2)
+        else:
+            # b2 s + ((1 - b2) r^2 + eps_root): with the constant added last, XLA:CPU
+            # duplicates this update into the parameter-update loop and then has to
+            # copy the donated `nu` buffer every step (measured: ~25% slower).
+            nu = jax.tree.map(
+                lambda r, s: b2 * s + ((1 - b2) * jnp.square(r) + eps_root), belief, state.nu
+            )
         mu = optax.tree.cast_like(mu, state.mu)
         nu = optax.tree.cast_like(nu, state.nu)
         nu_den, nu_max = common.amsgrad_max(nu, state.nu_max)

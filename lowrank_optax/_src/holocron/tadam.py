@@ -85,19 +85,22 @@ def scale_by_tadam(
         vs = treedef.flatten_up_to(state.nu)
         big_w = state.weight_sum
         decay_w = (2 * b1 - 1) / b1
-        new_moms, new_w = [], []
+        new_moms, new_nus, new_w = [], [], []
         for i, (g, m, v) in enumerate(zip(grads, moms, vs, strict=True)):
             size = g.size
             nu_ = size if dof is None else dof
-            w = (nu_ + size) / (nu_ + _residual_sum(g, m, v, eps))
-            w = w.astype(big_w.dtype)
+            residual = _residual_sum(g, m, v, eps)
+            w = ((nu_ + size) / (nu_ + residual)).astype(big_w.dtype)
+            new_v = optax.tree.update_moment_per_elem_norm(g, v, b2, 2)
+            # Identical values (the sum is >= 0 or NaN), but the new v now depends on
+            # the sum that reads the old v: XLA then updates the donated buffer in
+            # place instead of copying the old v every step.
+            new_nus.append(jnp.where(residual >= 0, new_v, new_v + residual).astype(v.dtype))
             total = big_w[i] + w
             keep, take = big_w[i] / total, w / total
             new_moms.append((keep.astype(m.dtype) * m + take.astype(g.dtype) * g).astype(m.dtype))
             new_w.append(big_w[i] * decay_w + w)
-        mu = treedef.unflatten(new_moms)
-        nu = optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
-        nu = optax.tree.cast_like(nu, state.nu)
+        mu, nu = treedef.unflatten(new_moms), treedef.unflatten(new_nus)
         nu_den, nu_max = common.amsgrad_max(nu, state.nu_max)
         count = optax.safe_int32_increment(state.count)
         direction = common.adaptive_direction(mu, nu_den, b1, b2, count, eps)
