@@ -75,7 +75,9 @@ class BasisUpdate(NamedTuple):
     """Result of one basis update.
 
     Attributes:
-      state: the new basis state.
+      state: the state to keep: the new one, or (where ``ok`` is False) one that
+        still describes the previous basis. Bases revert their own state so that
+        large arrays are not copied needlessly.
       eigenvalues: ``(r,)`` regularised eigenvalues ``L_reg`` (debiased).
       valid: ``(r,)`` mask of the regularised basis ``Q_reg``.
       acc_eigenvalues: ``(r,)`` accumulator eigenvalues ``L_acc`` (debiased), so that
@@ -120,6 +122,11 @@ class Basis(NamedTuple):
 
 def _finite(*xs: jax.Array) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in xs]))
+
+
+def _keep_if(ok: jax.Array, new: Any, old: Any) -> Any:
+    """``new`` where ``ok`` else ``old``, leaf by leaf."""
+    return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
 
 
 def _explicit_project(state: Any, x: jax.Array) -> jax.Array:
@@ -267,7 +274,13 @@ def ggt(
         has_z = corr.z is not None
         c = 2 if has_z else 1
         k = corr.y.shape[1]
-        # Valid columns first (stable), so they fill consecutive slots.
+        # Non-finite columns never enter the history (so the Gram matrix stays
+        # finite and the history need not be reverted); valid columns go first
+        # (stable) so they fill consecutive slots.
+        col_ok = corr.valid & jnp.all(jnp.isfinite(corr.y), axis=0)
+        if has_z:
+            col_ok = col_ok & jnp.all(jnp.isfinite(corr.z), axis=0)
+        corr = corr._replace(valid=col_ok)
         order = jnp.argsort(~corr.valid, stable=True)
         y = corr.y[:, order].astype(dt)
         alpha = corr.alpha[order].astype(dt)
@@ -335,8 +348,12 @@ def ggt(
             ok_small = _finite(lam, s, vecs)
         w = jnp.where(valid[None, :], w, 0)
         rotation = w.T @ x_new_old @ state.w
-        new_state = GGTState(history, hist_alpha, hist_valid, pos, gram, w)
         ok = jnp.any(corr.valid) & ok_small & _finite(rotation)
+        # The (finite) columns are stored whatever happens; only the eigenvector
+        # coefficients fall back. If the small eigenproblem failed on a finite Gram
+        # matrix (not observed in practice), Q = history @ w_old is then an
+        # approximation of the previous basis for one update.
+        new_state = GGTState(history, hist_alpha, hist_valid, pos, gram, jnp.where(ok, w, state.w))
         return BasisUpdate(new_state, lam, valid, lam, valid, rotation, ok)
 
     return Basis(
@@ -476,7 +493,7 @@ def _eigen_family(
             debias = 1 - jnp.asarray(beta, spec.dtype) ** count.astype(spec.dtype)
         ok = jnp.any(corr.valid) & res.finite
         return BasisUpdate(
-            new_state,
+            _keep_if(ok, new_state, state),
             jnp.where(valid_reg, lam_reg / debias, 0),
             valid_reg,
             jnp.where(res.valid, acc / debias, 0),
@@ -1032,6 +1049,7 @@ def hebbian(
         ones = jnp.ones((r,), q.dtype)
         valid = jnp.ones((r,), jnp.bool_)
         ok = jnp.any(corr.valid) & _finite(q_new)
+        new_state = _keep_if(ok, new_state, state)
         return BasisUpdate(new_state, ones, valid, ones, valid, q_new.T @ q, ok)
 
     return Basis(
@@ -1141,9 +1159,8 @@ def full_matrix(
         q = jnp.where(valid_sel[None, :], vecs[:, idx], 0)
         lam_sel = jnp.where(valid_sel, lam[idx], 0)
         ok = jnp.any(corr.valid) & _finite(lam, vecs)
-        return BasisUpdate(
-            FullMatrixState(m, q), lam_sel, valid_sel, lam_sel, valid_sel, q.T @ state.q, ok
-        )
+        new_state = _keep_if(ok, FullMatrixState(m, q), state)
+        return BasisUpdate(new_state, lam_sel, valid_sel, lam_sel, valid_sel, q.T @ state.q, ok)
 
     return Basis(
         name="full_matrix",
@@ -1216,9 +1233,8 @@ def random(rank: int = 100, generate_freq: int = 1) -> Basis:
         ones = jnp.ones((r,), spec.dtype)
         valid = jnp.ones((r,), jnp.bool_)
         ok = jnp.any(corr.valid)
-        return BasisUpdate(
-            RandomState(q, state.count + 1), ones, valid, ones, valid, q.T @ state.q, ok
-        )
+        new_state = _keep_if(ok, RandomState(q, state.count + 1), state)
+        return BasisUpdate(new_state, ones, valid, ones, valid, q.T @ state.q, ok)
 
     return Basis(
         name="random",

@@ -403,7 +403,7 @@ def eigenbasis_update(
                 rotation = jnp.where(
                     new_valid[:, None] & valid_old[i][None, :], res.rotation, 0
                 ).astype(dtype)
-                out[0].append(pick(res.state, bs))
+                out[0].append(res.state)  # bases revert their own state when not ok
                 out[1].append(pick(res.eigenvalues, lam_old[i]))
                 out[2].append(new_valid)
                 out[3].append(pick(res.acc_eigenvalues, acc_old[i]))
