@@ -6,9 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import lowrank_optax as lowrank
+from lowrank_optax._src.sharding import state_partition_specs
 
 ADAM = optax.adam(1e-2)
 FACTORIES = {
@@ -119,6 +121,31 @@ def test_state_arrays_shard_like_params(name) -> None:
     assert n_param_specs >= 2 or name == "lars"  # lars(momentum): trace buffer
     if name in ("lookahead", "scout"):  # slow weights and statistics are param trees
         assert n_param_specs >= 2 * (5 if name == "scout" else 1) + 4
+
+    # The library's sharding helper (sharding-in-types propagation) agrees.
+    def canonical(tree):  # P(None,) and P() both mean replicated
+        leaves = jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, P))
+        return [tuple(spec) if any(a is not None for a in spec) else () for spec in leaves]
+
+    assert canonical(state_partition_specs(tx, params, specs)) == canonical(state_specs)
+
+
+def test_explicit_mesh_update_keeps_state_sharding_types() -> None:
+    mesh = jax.make_mesh((1,), ("data",), axis_types=(AxisType.Explicit,))
+    specs = {"w": P("data", None), "b": P(None)}
+    txs = {name: FACTORIES[name]() for name in MAIN}
+    with jax.set_mesh(mesh):
+        params = jax.tree.map(
+            lambda x, s: jax.device_put(x, NamedSharding(mesh, s)), _params(jnp.float32), specs
+        )
+        init = jax.jit(lambda p: {n: tx.init(p) for n, tx in txs.items()})
+        update = jax.jit(lambda s, p: {n: tx.update(p, s[n], p) for n, tx in txs.items()})
+        states = init(params)
+        out = update(states, params)
+    for name in MAIN:
+        updates, new_state = out[name]
+        assert jax.tree.map(jax.typeof, new_state) == jax.tree.map(jax.typeof, states[name]), name
+        assert jax.typeof(updates["w"]) == jax.typeof(params["w"]), name
 
 
 PMAPPED = ["lamb", "tadam", "scout"]  # a trust ratio, per-leaf scalars, a lax.cond wrapper
