@@ -303,14 +303,14 @@ def project_lowrank(
             old = state.bases[k]
             usable = jnp.all(jnp.isfinite(g2), axis=(-2, -1)) & jnp.any(g2 != 0, axis=(-2, -1))
             usable = usable[..., None, None]
-            left = (
-                None if old.left is None else jnp.where(usable, u.astype(old.left.dtype), old.left)
-            )
-            right = (
-                None
-                if old.right is None
-                else jnp.where(usable, vh.astype(old.right.dtype), old.right)
-            )
+            # Stored dtype (the params'), and the basis spec on a mesh.
+            left = right = None
+            if old.left is not None:
+                u = sharding.reshard(u.astype(old.left.dtype), p.left_spec, g)
+                left = jnp.where(usable, u, old.left)
+            if old.right is not None:
+                vh = sharding.reshard(vh.astype(old.right.dtype), p.right_spec, g)
+                right = jnp.where(usable, vh, old.right)
             bases[k] = LeafBasis(left, right)
         new_key = key if projector == "randomized" else state.key
         return bases, new_key
