@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 from jax.sharding import PartitionSpec
@@ -287,8 +288,11 @@ def eigenbasis_update(
         if isinstance(params, _state_utils._ParamsPlaceholder):
             # optax.tree_map_params: nothing here has a parameter's shape.
             return EigenbasisState(*([0] * len(EigenbasisState._fields)))  # type: ignore[arg-type]
-        flat, _ = ravel_pytree(params)
-        dtype = _compute_dtype(flat.dtype, compute_dtype)
+        # Size and dtype of the flattened vector without concatenating (init must
+        # also trace on abstract, possibly Explicit-sharded, parameters).
+        leaves = jax.tree.leaves(params)
+        n = sum(int(np.prod(jnp.shape(x))) for x in leaves)
+        dtype = _compute_dtype(jnp.result_type(*leaves), compute_dtype)
         specs = specs_of(params, dtype)
         key = jax.random.PRNGKey(seed)
         key, *bkeys = jax.random.split(key, len(specs) + 1)
@@ -306,7 +310,7 @@ def eigenbasis_update(
             acc_eigenvalues=zeros(lambda r: (r,), dtype),
             acc_valid=zeros(lambda r: (r,), jnp.bool_),
             has_basis=zeros(lambda r: (), jnp.bool_),
-            curvature_state=curvature.init(int(flat.size), dtype, update_freq),
+            curvature_state=curvature.init(n, dtype, update_freq),
             basis_state=store([basis.init(s, bk) for s, bk in zip(specs, bkeys, strict=True)]),
             inner_state=inner_tx.init(proxies),
             key=key,
