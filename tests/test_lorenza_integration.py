@@ -1,4 +1,8 @@
-"""LORENZA in training loops: jit, keys, other inners, pmap, orbax, Flax NNX and Linen."""
+"""LORENZA in training loops: jit, keys, other inners, orbax, Flax NNX and Linen.
+
+pmap (8 devices) and sharded meshes: ``tests/mesh/mesh_lorenza.py``;
+inject_hyperparams: ``test_lorenza.py::ReductionTest``.
+"""
 
 from __future__ import annotations
 
@@ -99,47 +103,6 @@ class LoopTest(parameterized.TestCase):
         self.assertEqual(state[0].inner_state.mu["w1"].shape, (2, 16))  # std, m < n: (r, n)
         self.assertEqual(state[0].inner_state.mu["w2"].shape, (16, 2))  # std, m >= n: (m, r)
         self.assertLess(float(loss_fn(params, X, Y)), float(loss_fn(init_params(), X, Y)))
-
-    def test_inject_hyperparams(self):
-        static = (
-            "rank", "update_proj_gap", "num_probes", "oversampling", "power_iterations",
-            "perturb_unprojected", "seed",
-        )  # fmt: skip
-        tx = optax.inject_hyperparams(lowrank.lorenza, static_args=static)(
-            learning_rate=optax.linear_schedule(1e-2, 1e-3, 10), rank=2, rho=0.05
-        )
-        params, state = train(tx, 3)
-        self.assertEqual(int(state.inner_state[0].count), 3)
-        state.hyperparams["rho"] = jnp.asarray(0.2, state.hyperparams["rho"].dtype)  # no retrace
-        step = make_step(tx)
-        params, state = step(params, state, X[::2], Y[::2])
-        self.assertTrue(all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(params)))
-
-    def test_pmap_single_device_matches_plain_step(self):
-        tx = TX
-        params = init_params()
-        state = tx.init(params)
-
-        def step(params, state, x, y):
-            def value_fn(p):
-                return jax.lax.pmean(loss_fn(p, x, y), "data")  # global loss
-
-            grads = jax.lax.pmean(jax.grad(loss_fn)(params, x, y), "data")
-            grad_fn = lambda p: jax.lax.pmean(jax.grad(loss_fn)(p, x, y), "data")
-            updates, state = tx.update(grads, state, params, value_fn=value_fn, grad_fn=grad_fn)
-            return optax.apply_updates(params, updates), state
-
-        devices = jax.devices()[:1]
-        pstep = jax.pmap(step, axis_name="data", devices=devices)
-        rep = lambda t: jax.tree.map(lambda x: jnp.asarray(x)[None], t)
-        p_params, p_state = rep(params), rep(state)
-        plain = make_step(tx)
-        for i in range(3):
-            x, y = X[i % 2 :: 2], Y[i % 2 :: 2]
-            p_params, p_state = pstep(p_params, p_state, x[None], y[None])
-            params, state = plain(params, state, x, y)
-        for a, b in zip(jax.tree.leaves(p_params), jax.tree.leaves(params), strict=True):
-            np.testing.assert_allclose(a[0], b, rtol=1e-5, atol=1e-6)
 
     def test_orbax_round_trip(self):
         import orbax.checkpoint as ocp

@@ -300,10 +300,13 @@ def zo_sam_perturb(
       >>> params = {'w': jnp.ones((4, 3))}
       >>> loss = lambda p: jnp.sum(p['w'] ** 2)
       >>> state = tx.init(params)
-      >>> for _ in range(5):
+      >>> @jax.jit
+      ... def step(params, state):
       ...   grads = jax.grad(loss)(params)
       ...   updates, state = tx.update(grads, state, params, value_fn=loss)
-      ...   params = optax.apply_updates(params, updates)
+      ...   return optax.apply_updates(params, updates), state
+      >>> for _ in range(5):
+      ...   params, state = step(params, state)
       >>> print('Objective function: {:.2f}'.format(loss(params)))
       Objective function: 3.10
 
@@ -318,6 +321,12 @@ def zo_sam_perturb(
       Malladi et al, `Fine-Tuning Language Models with Just Forward Passes
       <https://arxiv.org/abs/2305.17333>`_, 2023
     """
+    for name, value in (("rho", rho), ("mu", mu)):
+        if callable(value):
+            raise ValueError(
+                f"`{name}` must be a scalar, not a schedule (use optax.inject_hyperparams "
+                f"to change it during training); got {value!r}."
+            )
     v.check_nonnegative("rho", rho)
     v.check_positive("mu", mu)
     num_probes = v.check_int("num_probes", num_probes, minimum=1)
@@ -531,10 +540,13 @@ def lorenza(
       >>> params = {'w': jnp.ones((6, 4)), 'b': jnp.ones(4)}
       >>> loss = lambda p: jnp.sum(p['w'] ** 2) + jnp.sum(p['b'] ** 2)
       >>> state = tx.init(params)
-      >>> for _ in range(5):
+      >>> @jax.jit
+      ... def step(params, state):
       ...   grads = jax.grad(loss)(params)
       ...   updates, state = tx.update(grads, state, params, value_fn=loss)
-      ...   params = optax.apply_updates(params, updates)
+      ...   return optax.apply_updates(params, updates), state
+      >>> for _ in range(5):
+      ...   params, state = step(params, state)
       >>> print('Objective function: {:.2f}'.format(loss(params)))
       Objective function: 14.61
 
