@@ -395,6 +395,27 @@ class _Later(NamedTuple):
     omega: jax.Array | None
 
 
+def _top_columns(
+    basis: jax.Array, s: jax.Array | None, lam: jax.Array, valid: jax.Array, r: int
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``r`` columns of ``basis @ s`` (or ``basis``) with the largest valid ``lam``.
+
+    When fewer than ``r`` candidates exist (a sketch narrower than the basis), the
+    result is padded with invalid zero columns.
+    """
+    m = lam.shape[0]
+    idx = top_indices(lam, valid, min(r, m))
+    valid_sel = valid[idx]
+    cols = basis[:, idx] if s is None else basis @ s[:, idx]
+    q = jnp.where(valid_sel[None, :], cols, 0)
+    lam_sel = jnp.where(valid_sel, lam[idx], 0)
+    if m < r:
+        q = jnp.pad(q, ((0, 0), (0, r - m)))
+        lam_sel = jnp.pad(lam_sel, (0, r - m))
+        valid_sel = jnp.pad(valid_sel, (0, r - m))
+    return q, lam_sel, valid_sel
+
+
 def _weights(beta: Any) -> tuple[Any, Any]:
     return (1.0, 1.0) if beta is None else (beta, 1 - beta)
 
@@ -737,12 +758,8 @@ def randomized_eigen(
             damping=damping,
             rdamping=rdamping,
         )
-        idx = top_indices(lam, valid, r)
-        valid_sel = valid[idx]
-        q = qt @ jnp.where(valid_sel[None, :], s[:, idx], 0)
-        return _Later(
-            q, jnp.where(valid_sel, lam[idx], 0), valid_sel, q.T @ state.q, _finite(lam, s), None
-        )
+        q, lam_sel, valid_sel = _top_columns(qt, s, lam, valid, r)
+        return _Later(q, lam_sel, valid_sel, q.T @ state.q, _finite(lam, s), None)
 
     return _eigen_family(
         "randomized_eigen",
@@ -874,14 +891,10 @@ def nystrom(
         lam, valid = regularize(
             lam - nu, keep, truncate=rank, tol=eig_tol, damping=damping, rdamping=rdamping
         )
-        idx = top_indices(lam, valid, r)
-        valid_sel = valid[idx]
-        q = jnp.where(valid_sel[None, :], u[:, idx], 0)
+        q, lam_sel, valid_sel = _top_columns(u, None, lam, valid, r)
         new_omega = None if state.omega is None else omega
         finite = _finite(chol, lam, vecs)
-        return _Later(
-            q, jnp.where(valid_sel, lam[idx], 0), valid_sel, q.T @ state.q, finite, new_omega
-        )
+        return _Later(q, lam_sel, valid_sel, q.T @ state.q, finite, new_omega)
 
     return _eigen_family(
         "nystrom",
