@@ -38,6 +38,8 @@ from lowrank_optax._src.weight_decay import (
 )
 
 # --- distributed helpers ------------------------------------------------------
+from lowrank_optax._src.sharding import state_partition_specs as state_partition_specs
+from lowrank_optax._src.sharding import state_sharding as state_sharding
 
 # --- holocron.optim family ----------------------------------------------------
 from lowrank_optax._src.holocron.adabelief import ScaleByAdaBeliefState as ScaleByAdaBeliefState
