@@ -11,6 +11,11 @@ reports the median per-step time over rounds and the ratio port / torch.
 Usage::
 
     python benchmarks/holocron_vs_torch.py [--rounds 7] [--steps 12] [--threads N]
+    taskset -c 1 python benchmarks/holocron_vs_torch.py --threads 1   # one core each
+
+On a shared machine torch's multi-threaded kernels are very sensitive to other
+load (its 2-thread timings vary by 10x); pinning the process to one core with
+``--threads 1`` gives both sides the same, steadier resources.
 """
 
 from __future__ import annotations
