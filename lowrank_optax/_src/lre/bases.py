@@ -85,6 +85,8 @@ class BasisUpdate(NamedTuple):
       acc_valid: ``(r,)`` mask of ``Q_acc``.
       rotation: ``(r, r)`` ``Q_acc,newᵀ Q_acc,old`` (the driver applies the masks).
       ok: boolean scalar; False keeps the previous basis (and its state).
+      projection: ``(r,)`` coordinates ``Qᵀx`` of the ``x`` passed to ``update`` in the
+        kept basis (bases with ``fused_projection``), else ``None``.
     """
 
     state: Any
@@ -94,6 +96,7 @@ class BasisUpdate(NamedTuple):
     acc_valid: jax.Array
     rotation: jax.Array
     ok: jax.Array
+    projection: jax.Array | None = None
 
 
 class Basis(NamedTuple):
@@ -103,11 +106,13 @@ class Basis(NamedTuple):
       name: the basis' name.
       rank: ``BasisSpec -> r``, the static number of columns.
       init: ``(BasisSpec, key) -> state``.
-      update: ``(BasisSpec, state, Correction, key) -> BasisUpdate``.
+      update: ``(BasisSpec, state, Correction, key, x=None) -> BasisUpdate``.
       project: ``(state, x) -> Qᵀx`` for ``x`` of shape ``(n,)`` or ``(n, m)``.
       unproject: ``(state, u) -> Qu``.
       symmetric_only: rejects corrections with a ``Z`` factor.
       unsigned_only: rejects signed corrections.
+      fused_projection: ``update(..., x=g)`` also returns ``Qᵀg`` in the new basis
+        (GGT: shares the pass over the history with the Gram update).
     """
 
     name: str
@@ -118,6 +123,7 @@ class Basis(NamedTuple):
     unproject: Callable[[Any, jax.Array], jax.Array]
     symmetric_only: bool = False
     unsigned_only: bool = False
+    fused_projection: bool = False
 
 
 def _finite(*xs: jax.Array) -> jax.Array:
@@ -129,8 +135,39 @@ def _keep_if(ok: jax.Array, new: Any, old: Any) -> Any:
     return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
 
 
+def _insert_columns(history: jax.Array, cols: jax.Array, idx: jax.Array) -> jax.Array:
+    """Writes ``cols[:, j]`` to ``history[:, idx[j]]`` (``idx[j]`` out of range: skipped).
+
+    Written with dynamic slices, and nothing reads the old history except inside
+    the update itself, so XLA updates a donated history in place: a masked scatter,
+    or any separate read of the old history, makes it copy the whole ``n × c·h``
+    array (twice), which costs more than the rest of a GGT step.
+    """
+    n, width = history.shape
+    m = cols.shape[1]
+
+    zero = jnp.zeros([], jnp.int32)
+
+    def body(j: Any, hist: jax.Array) -> jax.Array:
+        write = idx[j] < width
+        slot = jnp.where(write, idx[j], 0).astype(jnp.int32)
+        col = (
+            cols[:, j : j + 1]
+            if isinstance(j, int)
+            else jax.lax.dynamic_slice(cols, (zero, jnp.asarray(j, jnp.int32)), (n, 1))
+        )
+        old = jax.lax.dynamic_slice(hist, (zero, slot), (n, 1))
+        new = jnp.where(write, col, old)
+        return jax.lax.dynamic_update_slice(hist, new, (zero, slot))
+
+    if m == 1:
+        return body(0, history)
+    return jax.lax.fori_loop(0, m, body, history)
+
+
 def _explicit_project(state: Any, x: jax.Array) -> jax.Array:
-    return state.q.T @ x
+    # (xᵀQ)ᵀ rather than Qᵀx: XLA:CPU streams the tall matrix ~3x faster this way.
+    return (x.T @ state.q).T
 
 
 def _explicit_unproject(state: Any, u: jax.Array) -> jax.Array:
@@ -168,6 +205,9 @@ class GGTState(NamedTuple):
       pos: int32 next slot (circular).
       gram: ``(c·h, c·h)`` Gram matrix ``historyᵀ history``, kept incrementally.
       w: ``(c·h, c·h)`` coefficients of the eigenvectors in the history columns.
+      evict: ``(n, c·e)`` copies of the ``e = min(k, h)`` columns the next update
+        will overwrite (read after each write, so the history is never read before
+        being updated in place; see :func:`_insert_columns`).
     """
 
     history: jax.Array
@@ -176,6 +216,7 @@ class GGTState(NamedTuple):
     pos: jax.Array
     gram: jax.Array
     w: jax.Array
+    evict: jax.Array
 
 
 def ggt(
@@ -260,15 +301,22 @@ def ggt(
             pos=jnp.zeros([], jnp.int32),
             gram=jnp.zeros((c * h, c * h), dt),
             w=jnp.zeros((c * h, c * h), dt),
+            evict=jnp.zeros((spec.n, c * min(spec.k, h)), dt),
         )
 
     def project(state: GGTState, x: jax.Array) -> jax.Array:
-        return state.w.T @ (state.history.T @ x)
+        return ((x.T @ state.history) @ state.w).T  # = wᵀ historyᵀ x
 
     def unproject(state: GGTState, u: jax.Array) -> jax.Array:
         return state.history @ (state.w @ u)
 
-    def update(spec: BasisSpec, state: GGTState, corr: Correction, key: jax.Array) -> BasisUpdate:
+    def update(
+        spec: BasisSpec,
+        state: GGTState,
+        corr: Correction,
+        key: jax.Array,
+        x: jax.Array | None = None,
+    ) -> BasisUpdate:
         del key
         dt = state.history.dtype
         has_z = corr.z is not None
@@ -297,15 +345,41 @@ def ggt(
         else:
             new_cols = y
             new_idx = slot
-        cross = new_cols.T @ state.history  # (m, c·h) against the old columns
-        block = new_cols.T @ new_cols
-        history = state.history.at[:, new_idx].set(new_cols, mode="drop")
-        x_new_old = state.gram.at[new_idx, :].set(cross, mode="drop")  # history_newᵀ history_old
-        gram = x_new_old.at[:, new_idx].set(cross.T, mode="drop")
-        gram = gram.at[new_idx[:, None], new_idx[None, :]].set(block, mode="drop")
+        m = new_cols.shape[1]
+        # Order chosen so the history is updated in place (a copy of the n × c·h
+        # history would cost more than the rest of the step): read the replaced
+        # columns, write the new ones, then one pass over the new history gives the
+        # new Gram rows (and Qᵀx when x is given).
+        # The replaced columns: prefetched by the previous update when the correction
+        # is no wider than declared (always, except per-sample curvatures without
+        # `batch_size`), else read here (XLA then copies the history once).
+        e = state.evict.shape[1] // c
+        i = jnp.clip(j - offset, 0, max(e - 1, 0))
+        if min(k, h) <= e:
+            old_cols = jnp.where(keep[None, :], state.evict[:, i], 0)
+            if has_z:
+                old_z = jnp.where(keep[None, :], state.evict[:, e + i], 0)
+                old_cols = jnp.concatenate([old_cols, old_z], axis=1)
+        else:
+            old_cols = jnp.take(state.history, new_idx, axis=1, mode="fill", fill_value=0)
+        history = _insert_columns(state.history, new_cols, new_idx)
+        if x is None:
+            cross_new = new_cols.T @ history  # (m, c·h): new columns against new history
+        else:
+            both = jnp.concatenate([new_cols, x.astype(dt)[:, None]], axis=1).T @ history
+            cross_new, hx = both[:m], both[m]  # hx = history_newᵀ x
+        # new columns against the old history: differs only where columns were replaced
+        cross_old = cross_new.at[:, new_idx].set(new_cols.T @ old_cols, mode="drop")
+        x_new_old = state.gram.at[new_idx, :].set(cross_old, mode="drop")  # hist_newᵀ hist_old
+        gram = state.gram.at[new_idx, :].set(cross_new, mode="drop")
+        gram = gram.at[:, new_idx].set(cross_new.T, mode="drop")
         hist_alpha = state.alpha.at[slot].set(alpha, mode="drop")
         hist_valid = state.col_valid.at[slot].set(True, mode="drop")
         pos = (state.pos + jnp.minimum(n_valid, h)) % h
+        next_slots = (pos + jnp.arange(e, dtype=jnp.int32)) % h
+        if has_z:
+            next_slots = jnp.concatenate([next_slots, next_slots + h])
+        evict = jnp.take(history, next_slots, axis=1)  # read after the write
 
         col_mask = jnp.concatenate([hist_valid] * c)
         outer = col_mask[:, None] & col_mask[None, :]
@@ -353,11 +427,19 @@ def ggt(
         # coefficients fall back. If the small eigenproblem failed on a finite Gram
         # matrix (not observed in practice), Q = history @ w_old is then an
         # approximation of the previous basis for one update.
-        new_state = GGTState(history, hist_alpha, hist_valid, pos, gram, jnp.where(ok, w, state.w))
-        return BasisUpdate(new_state, lam, valid, lam, valid, rotation, ok)
+        w = jnp.where(ok, w, state.w)
+        new_state = GGTState(history, hist_alpha, hist_valid, pos, gram, w, evict)
+        projection = None if x is None else w.T @ hx
+        return BasisUpdate(new_state, lam, valid, lam, valid, rotation, ok, projection)
 
     return Basis(
-        name="ggt", rank=rank, init=init, update=update, project=project, unproject=unproject
+        name="ggt",
+        rank=rank,
+        init=init,
+        update=update,
+        project=project,
+        unproject=unproject,
+        fused_projection=True,
     )
 
 
@@ -484,7 +566,13 @@ def _eigen_family(
         rotation = jnp.zeros((r, r), spec.dtype)  # no previous basis
         return _Later(q, lam_sel, valid, rotation, _finite(lam, s), state.omega)
 
-    def update(spec: BasisSpec, state: EigenState, corr: Correction, key: jax.Array) -> BasisUpdate:
+    def update(
+        spec: BasisSpec,
+        state: EigenState,
+        corr: Correction,
+        key: jax.Array,
+        x: jax.Array | None = None,
+    ) -> BasisUpdate:
         r = r_of(spec)
         is_first = state.count == 0
         res = jax.lax.cond(
@@ -1028,7 +1116,11 @@ def hebbian(
         return x * jnp.minimum(1, norm_clip / jnp.maximum(nrm, tiny(x.dtype)))
 
     def update(
-        spec: BasisSpec, state: HebbianState, corr: Correction, key: jax.Array
+        spec: BasisSpec,
+        state: HebbianState,
+        corr: Correction,
+        key: jax.Array,
+        x: jax.Array | None = None,
     ) -> BasisUpdate:
         del key
         r = r_of(spec)
@@ -1143,7 +1235,11 @@ def full_matrix(
         )
 
     def update(
-        spec: BasisSpec, state: FullMatrixState, corr: Correction, key: jax.Array
+        spec: BasisSpec,
+        state: FullMatrixState,
+        corr: Correction,
+        key: jax.Array,
+        x: jax.Array | None = None,
     ) -> BasisUpdate:
         del key
         dt = spec.dtype
@@ -1234,7 +1330,11 @@ def random(rank: int = 100, generate_freq: int = 1) -> Basis:
         return RandomState(jnp.zeros((spec.n, r_of(spec)), spec.dtype), jnp.zeros([], jnp.int32))
 
     def update(
-        spec: BasisSpec, state: RandomState, corr: Correction, key: jax.Array
+        spec: BasisSpec,
+        state: RandomState,
+        corr: Correction,
+        key: jax.Array,
+        x: jax.Array | None = None,
     ) -> BasisUpdate:
         r = r_of(spec)
         regen = state.count % generate_freq == 0

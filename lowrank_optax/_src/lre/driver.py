@@ -387,7 +387,7 @@ def eigenbasis_update(
         bkeys = jax.random.split(k_basis, len(blocks))
 
         def do_update() -> tuple[Any, ...]:
-            out: list[list[Any]] = [[] for _ in range(8)]
+            out: list[list[Any]] = [[] for _ in range(9)]
             for i, (spec, bs) in enumerate(zip(specs, bstates, strict=True)):
                 block_rows = tuple(rows(a, i) for a in buffers.rows)
                 lam_acc = jnp.where(acc_valid_old[i], acc_old[i], 0)
@@ -397,7 +397,8 @@ def eigenbasis_update(
 
                 corr = curvature.correction(block_rows, buffers.col_valid, apply_b, has_old[i])
                 corr = _symmetrized(corr, symmetrize)
-                res = basis.update(spec, bs, corr, bkeys[i])
+                x_fused = rows(g, i) if basis.fused_projection else None
+                res = basis.update(spec, bs, corr, bkeys[i], x=x_fused)
                 ok = res.ok
 
                 def pick(new: Any, old: Any, ok: jax.Array = ok) -> Any:
@@ -415,18 +416,23 @@ def eigenbasis_update(
                 out[5].append(has_old[i] | ok)
                 out[6].append(rotation)
                 out[7].append(ok & has_old[i])
+                out[8].append(res.projection)
             return tuple(out)
 
         def keep() -> tuple[Any, ...]:
             rot = [jnp.zeros((lv.shape[0],) * 2, dtype) for lv in lam_old]
             no = [jnp.zeros([], jnp.bool_) for _ in lam_old]
-            return (bstates, lam_old, valid_old, acc_old, acc_valid_old, has_old, rot, no)
+            proj = [
+                basis.project(bs, rows(g, i)) if basis.fused_projection else None
+                for i, bs in enumerate(bstates)
+            ]
+            return (bstates, lam_old, valid_old, acc_old, acc_valid_old, has_old, rot, no, proj)
 
         if always_update:  # static: no cond (also keeps eager-mode updates cheap)
             updated = do_update()
         else:
             updated = jax.lax.cond(should_update, do_update, keep)
-        (bstates_new, lam, valid, acc, acc_valid, has_basis, rots, applies) = updated
+        (bstates_new, lam, valid, acc, acc_valid, has_basis, rots, applies, fused) = updated
         bstates_new = list(bstates_new)
 
         def coords_of(vec: jax.Array) -> Any:
@@ -438,7 +444,10 @@ def eigenbasis_update(
                 updates,
             )
 
-        g_p = coords_of(g)
+        if basis.fused_projection:  # Qᵀg came out of the basis update's pass over Q
+            g_p = pack([jnp.where(valid[i], fused[i], 0) for i in range(len(blocks))], updates)
+        else:
+            g_p = coords_of(g)
         inner_kwargs = dict(extra_args)
         inner_kwargs["projected_grad"] = g_p
         inner_kwargs["basis_rotation"] = pack(

@@ -111,9 +111,9 @@ def orthonormal_completion(
     n, m = cols.shape
     dtype = cols.dtype
     cols = jnp.where(cols_valid[None, :], cols, 0)
-    p = q.T @ cols
+    p = (cols.T @ q).T  # = Qᵀcols; this operand order streams the tall Q faster on CPU
     resid = cols - q @ p
-    p2 = q.T @ resid  # second Gram-Schmidt pass
+    p2 = (resid.T @ q).T  # second Gram-Schmidt pass
     resid = resid - q @ p2
     p = p + p2
     col_norms = jnp.linalg.norm(cols, axis=0)
