@@ -179,25 +179,33 @@ class BasesTest(parameterized.TestCase):
             np.testing.assert_allclose(qv @ np.diag(lam) @ qv.T, dense, atol=1e-4)
             np.testing.assert_allclose(qv.T @ qv, np.eye(len(lam)), atol=1e-5)
 
-    def test_ggt_rotation_is_basis_overlap(self):
+    @parameterized.parameters((1, 1), (3, 2), (1, 2))
+    def test_ggt_rotation_and_projection(self, k_spec, k):
+        # k_spec < k: wider corrections than declared (the non-prefetched path)
         rng = np.random.default_rng(3)
         n, h = 10, 3
         basis = lowrank.bases.ggt(h)
-        spec = BasisSpec(n, 1, jnp.float32, False, False)
+        spec = BasisSpec(n, k_spec, jnp.float32, False, False)
         state = basis.init(spec, jax.random.PRNGKey(0))
-        update = jax.jit(lambda s, c: basis.update(spec, s, c, jax.random.PRNGKey(0)))
+        update = jax.jit(lambda s, c, x: basis.update(spec, s, c, jax.random.PRNGKey(0), x=x))
         explicit = jax.jit(lambda s: basis.unproject(s, jnp.eye(h)))
-        for _ in range(5):
-            corr = Correction(
-                jnp.asarray(rng.normal(size=(n, 1)), jnp.float32),
-                None,
-                jnp.ones(1),
-                jnp.ones(1, bool),
-            )
-            res = update(state, corr)
+        cols = []
+        for t in range(5):
+            y = rng.normal(size=(n, k))
+            valid = np.array([True] * k) if t != 2 else np.array([False] + [True] * (k - 1))
+            corr = Correction(jnp.asarray(y, jnp.float32), None, jnp.ones(k), jnp.asarray(valid))
+            x = jnp.asarray(rng.normal(size=n), jnp.float32)
+            res = update(state, corr, x)
             q_old = np.asarray(explicit(state))
             q_new = np.asarray(explicit(res.state))
             np.testing.assert_allclose(np.asarray(res.rotation), q_new.T @ q_old, atol=1e-5)
+            np.testing.assert_allclose(
+                np.asarray(res.projection), q_new.T @ np.asarray(x), atol=1e-5
+            )
+            cols += [y[:, i] for i in range(k) if valid[i]]
+            m = np.stack(cols[-h:], 1)  # the basis spans exactly the last h valid columns
+            valid_q = q_new[:, np.asarray(res.valid)]
+            np.testing.assert_allclose(valid_q @ valid_q.T @ m, m, atol=1e-4)
             state = res.state
 
     @parameterized.parameters(None, 0.9)
