@@ -44,6 +44,7 @@ def context(f, x, *, should_update=True, key=0, extra=None, project_out=None):
         key=jax.random.PRNGKey(key),
         project_out=project_out or (lambda z: z),
         normalize=lambda z: z / jnp.linalg.norm(z),
+        always_update=should_update is True,  # update steps skip the lax.cond (as the driver)
     )
 
 
