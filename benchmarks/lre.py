@@ -13,7 +13,10 @@ megabytes.
 
 Usage::
 
-    python benchmarks/lre.py [--rounds 7] [--reps 5] [--hidden 256] [--ranks 16 64 128]
+    OPENBLAS_NUM_THREADS=1 python benchmarks/lre.py [--rounds 7] [--reps 5] [--ranks 16 64 128]
+
+JAX's CPU ``eigh`` calls SciPy's OpenBLAS LAPACK; on a shared machine its thread
+pool can stall ~100 ms per call, hence ``OPENBLAS_NUM_THREADS=1`` when timing.
 """
 
 from __future__ import annotations
