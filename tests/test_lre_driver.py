@@ -259,7 +259,10 @@ class StructureTest(parameterized.TestCase):
         # the buffered covariance reached the basis with 3 columns (steps 4, 5, 6)
         self.assertEqual(int(state.basis_state.count), 4)
 
-    def test_symmetrize_true_recovers_hessian_in_expectation(self):
+    @parameterized.parameters(True, "average")
+    def test_symmetrize_modes_in_expectation(self, mode):
+        # True: E[sym((Hz) zᵀ)] = H. 'average' (the reference): E[((Hz+z)/2)((Hz+z)/2)ᵀ]
+        # = (H + I)²/4 for Rademacher z, which is not H.
         h = jnp.array([[3.0, 1.0, 0.0], [1.0, 2.0, 0.5], [0.0, 0.5, 1.0]])
         loss = lambda p: 0.5 * p @ h @ p  # noqa: E731
         p = jnp.array([1.0, -1.0, 0.5])
@@ -268,6 +271,7 @@ class StructureTest(parameterized.TestCase):
             None,
             curvature=C.full_hutchinson_hessian("rademacher"),
             basis=B.full_matrix(beta=None, eig_tol=None),
+            symmetrize=mode,
         )
 
         def body(s, _):
@@ -276,7 +280,9 @@ class StructureTest(parameterized.TestCase):
 
         state = jax.jit(lambda s: jax.lax.scan(body, s, None, length=steps)[0])(tx.init(p))
         estimate = (np.asarray(state.basis_state.matrix) - np.eye(3)) / steps
-        np.testing.assert_allclose(estimate, h, atol=0.25)
+        hn = np.asarray(h)
+        expected = hn if mode is True else (hn + np.eye(3)) @ (hn + np.eye(3)) / 4
+        np.testing.assert_allclose(estimate, expected, atol=0.25)
 
     def test_pmap_matches_single_device(self):
         tx = lowrank.lre(0.1, basis=B.ggt(4))

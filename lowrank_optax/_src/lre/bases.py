@@ -1058,7 +1058,9 @@ def hebbian(
        retraction crashes or gives NaN); here it is Adam on the Stiefel manifold as
        AdamG intends (deviation 3). :math:`Q_0` is a random orthonormal matrix (the
        reference: :math:`10^{-4}` times a Gaussian), every update retracts by QR
-       (the reference's ``reortho_freq``/Newton–Schulz options do not exist).
+       (the reference's ``reortho_freq``/Newton–Schulz options do not exist), and
+       AdamG's settings are the keywords ``b1``, ``b2``, ``eps`` (the reference's
+       ``opt_kwargs``; its ``cautious`` option is not offered).
 
     Args:
       rank: number of directions (at most ``n``).
