@@ -84,8 +84,8 @@ REGISTRY: tuple[Entry, ...] = (
     Entry("lre", lambda: lowrank.lre(LR), f"lre(lr={LR}) with its defaults", requires=("lre",)),
     Entry(
         "lars",
-        lambda: lowrank.lars(0.1, momentum=0.9),
-        "lars(lr=0.1, momentum=0.9, trust_coefficient=1.0)",
+        lambda: lowrank.lars(0.003, momentum=0.9),
+        "lars(lr=0.003, momentum=0.9, trust_coefficient=1.0)",
         requires=("lars",),
     ),
     Entry("lamb", lambda: lowrank.lamb(LR), f"lamb(lr={LR})", requires=("lamb",)),
