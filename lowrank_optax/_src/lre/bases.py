@@ -9,7 +9,11 @@ mask (removed columns are zero with mask False).
 
 Arrays with ``n`` rows (``Q``, the GGT history, Hebbian moments, the Nyström
 test matrix, the full matrix) are the ones to shard along ``n`` on a mesh; the
-``r × r`` work is small and replicated.
+``r × r`` work is small and replicated. With Explicit sharding types, ``init``
+creates them with the layout in :attr:`BasisSpec.rows` and ``update`` keeps it
+(products contracting ``n`` give replicated results, fresh random matrices are
+laid out like the state, QR and the full matrix's ``eigh`` run on replicated
+copies).
 
 Use as ``lowrank.bases.ggt()``, ``lowrank.bases.eigen()``, ...
 """
@@ -22,15 +26,20 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from lowrank_optax._src import sharding
 from lowrank_optax._src import validation as v
 from lowrank_optax._src.lre.curvatures import Correction
+from lowrank_optax._src.lre.flatten import put_rows, zeros_rows
 from lowrank_optax._src.lre.linalg import (
+    contract,
     eigh_update,
     masked_eigh,
     masked_max,
+    match,
     orthogonality_error,
     orthonormalize,
     regularize,
+    replicated,
     select_columns,
     sym,
     tiny,
@@ -62,6 +71,9 @@ class BasisSpec(NamedTuple):
       dtype: compute dtype.
       has_z: corrections carry a ``Z`` factor.
       signed: ``alpha`` may differ from 1.
+      rows: layout of arrays with ``n`` rows when the parameters carry Explicit
+        sharding types: the ``NamedSharding`` of an ``(n,)`` vector, which ``init``
+        gives every array with ``n`` rows (sharded along ``n``); ``None`` otherwise.
     """
 
     n: int
@@ -69,6 +81,7 @@ class BasisSpec(NamedTuple):
     dtype: Any
     has_z: bool
     signed: bool
+    rows: Any = None
 
 
 class BasisUpdate(NamedTuple):
@@ -167,7 +180,7 @@ def _insert_columns(history: jax.Array, cols: jax.Array, idx: jax.Array) -> jax.
 
 def _explicit_project(state: Any, x: jax.Array) -> jax.Array:
     # (xᵀQ)ᵀ rather than Qᵀx: XLA:CPU streams the tall matrix ~3x faster this way.
-    return (x.T @ state.q).T
+    return contract(x.T, state.q).T
 
 
 def _explicit_unproject(state: Any, u: jax.Array) -> jax.Array:
@@ -295,17 +308,17 @@ def ggt(
         c = 2 if spec.has_z else 1
         dt = spec.dtype
         return GGTState(
-            history=jnp.zeros((spec.n, c * h), dt),
+            history=zeros_rows((spec.n, c * h), dt, spec.rows),
             alpha=jnp.ones((h,), dt),
             col_valid=jnp.zeros((h,), jnp.bool_),
             pos=jnp.zeros([], jnp.int32),
             gram=jnp.zeros((c * h, c * h), dt),
             w=jnp.zeros((c * h, c * h), dt),
-            evict=jnp.zeros((spec.n, c * min(spec.k, h)), dt),
+            evict=zeros_rows((spec.n, c * min(spec.k, h)), dt, spec.rows),
         )
 
     def project(state: GGTState, x: jax.Array) -> jax.Array:
-        return ((x.T @ state.history) @ state.w).T  # = wᵀ historyᵀ x
+        return (contract(x.T, state.history) @ state.w).T  # = wᵀ historyᵀ x
 
     def unproject(state: GGTState, u: jax.Array) -> jax.Array:
         return state.history @ (state.w @ u)
@@ -364,12 +377,12 @@ def ggt(
             old_cols = jnp.take(state.history, new_idx, axis=1, mode="fill", fill_value=0)
         history = _insert_columns(state.history, new_cols, new_idx)
         if x is None:
-            cross_new = new_cols.T @ history  # (m, c·h): new columns against new history
+            cross_new = contract(new_cols.T, history)  # (m, c·h): new columns vs new history
         else:
-            both = jnp.concatenate([new_cols, x.astype(dt)[:, None]], axis=1).T @ history
+            both = contract(jnp.concatenate([new_cols, x.astype(dt)[:, None]], axis=1).T, history)
             cross_new, hx = both[:m], both[m]  # hx = history_newᵀ x
         # new columns against the old history: differs only where columns were replaced
-        cross_old = cross_new.at[:, new_idx].set(new_cols.T @ old_cols, mode="drop")
+        cross_old = cross_new.at[:, new_idx].set(contract(new_cols.T, old_cols), mode="drop")
         x_new_old = state.gram.at[new_idx, :].set(cross_old, mode="drop")  # hist_newᵀ hist_old
         gram = state.gram.at[new_idx, :].set(cross_new, mode="drop")
         gram = gram.at[:, new_idx].set(cross_new.T, mode="drop")
@@ -498,6 +511,18 @@ def _top_columns(
     return q, lam_sel, valid_sel
 
 
+def _solve_lower_t(chol: jax.Array, y: jax.Array) -> jax.Array:
+    """``Y C⁻ᵀ`` for lower-triangular ``C``.
+
+    On an Explicit mesh (``Y`` sharded along ``n``) the small inverse is formed and
+    applied by a product that keeps ``Y``'s layout; otherwise a triangular solve.
+    """
+    if sharding.explicit_spec(y) is None:
+        return jax.scipy.linalg.solve_triangular(chol, y.T, lower=True).T
+    eye = jnp.eye(chol.shape[0], dtype=chol.dtype)
+    return y @ jax.scipy.linalg.solve_triangular(chol, eye, lower=True).T
+
+
 def _weights(beta: Any) -> tuple[Any, Any]:
     return (1.0, 1.0) if beta is None else (beta, 1 - beta)
 
@@ -509,7 +534,9 @@ def _apply_accumulated(
     lam = jnp.where(state.acc_valid, state.acc, 0)
     y = jnp.where(corr.valid[None, :], corr.y, 0).astype(b.dtype)
     a = jnp.where(corr.valid, corr.alpha, 0).astype(b.dtype)
-    return w1 * (state.q @ (lam[:, None] * (state.q.T @ b))) + w2 * (y @ (a[:, None] * (y.T @ b)))
+    return w1 * (state.q @ (lam[:, None] * contract(state.q.T, b))) + w2 * (
+        y @ (a[:, None] * contract(y.T, b))
+    )
 
 
 def _eigen_family(
@@ -535,9 +562,10 @@ def _eigen_family(
         r = r_of(spec)
         omega = None
         if omega_width is not None:
-            omega = orthonormalize(jax.random.normal(key, (spec.n, omega_width(spec)), spec.dtype))
+            omega = jax.random.normal(key, (spec.n, omega_width(spec)), spec.dtype)
+            omega = put_rows(orthonormalize(omega), spec.rows)
         return EigenState(
-            q=jnp.zeros((spec.n, r), spec.dtype),
+            q=zeros_rows((spec.n, r), spec.dtype, spec.rows),
             acc=jnp.zeros((r,), spec.dtype),
             acc_valid=jnp.zeros((r,), jnp.bool_),
             count=jnp.zeros([], jnp.int32),
@@ -738,7 +766,7 @@ def eigen(
         def reortho() -> tuple[jax.Array, jax.Array]:
             # Valid columns are first (select_columns), so QR keeps their span.
             q2 = jnp.where(valid[None, :], orthonormalize(q), 0)
-            return q2, (q2.T @ q) @ rotation
+            return q2, contract(q2.T, q) @ rotation
 
         q, rotation = jax.lax.cond(
             orthogonality_error(q, valid) > reortho_threshold, reortho, lambda: (q, rotation)
@@ -834,9 +862,9 @@ def randomized_eigen(
     ) -> _Later:
         w1, w2 = _weights(beta)
         width = min(rank + oversampling, spec.n)
-        omega = jax.random.normal(key, (spec.n, width), spec.dtype)
+        omega = match(jax.random.normal(key, (spec.n, width), spec.dtype), state.q)
         qt = orthonormalize(_apply_accumulated(state, corr, omega, w1, w2))
-        small = sym(qt.T @ _apply_accumulated(state, corr, qt, w1, w2))
+        small = sym(contract(qt.T, _apply_accumulated(state, corr, qt, w1, w2)))
         lam, s = jnp.linalg.eigh(small)
         lam, valid = regularize(
             lam,
@@ -847,7 +875,7 @@ def randomized_eigen(
             rdamping=rdamping,
         )
         q, lam_sel, valid_sel = _top_columns(qt, s, lam, valid, r)
-        return _Later(q, lam_sel, valid_sel, q.T @ state.q, _finite(lam, s), None)
+        return _Later(q, lam_sel, valid_sel, contract(q.T, state.q), _finite(lam, s), None)
 
     return _eigen_family(
         "randomized_eigen",
@@ -956,7 +984,9 @@ def nystrom(
         width = width_of(spec)
 
         def fresh() -> jax.Array:
-            return orthonormalize(jax.random.normal(key, (spec.n, width), spec.dtype))
+            return match(
+                orthonormalize(jax.random.normal(key, (spec.n, width), spec.dtype)), state.q
+            )
 
         if state.omega is None:
             omega = fresh()
@@ -971,9 +1001,9 @@ def nystrom(
         eps = jnp.finfo(spec.dtype).eps
         nu = eps * jnp.sqrt(jnp.sum(jnp.square(a_omega)))
         y_nu = a_omega + nu * omega
-        chol = jnp.linalg.cholesky(sym(omega.T @ y_nu))
-        b = jax.scipy.linalg.solve_triangular(chol, y_nu.T, lower=True).T
-        lam, vecs = jnp.linalg.eigh(b.T @ b)
+        chol = jnp.linalg.cholesky(sym(contract(omega.T, y_nu)))
+        b = _solve_lower_t(chol, y_nu)
+        lam, vecs = jnp.linalg.eigh(contract(b.T, b))
         keep = (lam > eps * jnp.max(lam)) & (lam > 0)
         u = (b @ vecs) * jnp.where(keep, 1 / jnp.sqrt(jnp.where(keep, lam, 1)), 0)[None, :]
         lam, valid = regularize(
@@ -982,7 +1012,7 @@ def nystrom(
         q, lam_sel, valid_sel = _top_columns(u, None, lam, valid, r)
         new_omega = None if state.omega is None else omega
         finite = _finite(chol, lam, vecs)
-        return _Later(q, lam_sel, valid_sel, q.T @ state.q, finite, new_omega)
+        return _Later(q, lam_sel, valid_sel, contract(q.T, state.q), finite, new_omega)
 
     return _eigen_family(
         "nystrom",
@@ -1105,8 +1135,8 @@ def hebbian(
         q = orthonormalize(jax.random.normal(key, (spec.n, r), spec.dtype))
         adam = opt == "adamg"
         return HebbianState(
-            q=q,
-            mu=jnp.zeros((spec.n, r), spec.dtype) if adam else None,
+            q=put_rows(q, spec.rows),
+            mu=zeros_rows((spec.n, r), spec.dtype, spec.rows) if adam else None,
             nu=jnp.zeros([], spec.dtype) if adam else None,
             count=jnp.zeros([], jnp.int32),
         )
@@ -1130,7 +1160,7 @@ def hebbian(
         y = jnp.where(corr.valid[None, :], corr.y, 0).astype(q.dtype)
         a = jnp.where(corr.valid, corr.alpha, 0).astype(q.dtype)
         kv = jnp.maximum(jnp.sum(corr.valid), 1).astype(q.dtype)
-        p = q.T @ y  # (r, k)
+        p = contract(q.T, y)  # (r, k)
         g = ((y * a[None, :]) @ p.T - q @ jnp.tril((p * a[None, :]) @ p.T)) / kv
         if value_clip is not None:
             g = jnp.clip(g, -value_clip, value_clip)
@@ -1139,13 +1169,13 @@ def hebbian(
         if opt == "gd":
             step = clip_norm(g)
         else:
-            xi = g - q @ sym(q.T @ g)
+            xi = g - q @ sym(contract(q.T, g))
             if opt == "stiefel_gd":
                 step = clip_norm(xi)
             else:
                 xi = clip_norm(xi)
                 mu = b1 * mu + (1 - b1) * xi
-                mu = mu - q @ sym(q.T @ mu)
+                mu = mu - q @ sym(contract(q.T, mu))
                 nu = b2 * nu + (1 - b2) * jnp.sum(jnp.square(xi))
                 t = count.astype(q.dtype)
                 m_hat = mu / (1 - b1**t)
@@ -1157,7 +1187,7 @@ def hebbian(
         valid = jnp.ones((r,), jnp.bool_)
         ok = jnp.any(corr.valid) & _finite(q_new)
         new_state = _keep_if(ok, new_state, state)
-        return BasisUpdate(new_state, ones, valid, ones, valid, q_new.T @ q, ok)
+        return BasisUpdate(new_state, ones, valid, ones, valid, contract(q_new.T, q), ok)
 
     return Basis(
         name="hebbian",
@@ -1233,7 +1263,8 @@ def full_matrix(
     def init(spec: BasisSpec, key: jax.Array) -> FullMatrixState:
         del key
         return FullMatrixState(
-            jnp.eye(spec.n, dtype=spec.dtype), jnp.zeros((spec.n, r_of(spec)), spec.dtype)
+            put_rows(jnp.eye(spec.n, dtype=spec.dtype), spec.rows),
+            zeros_rows((spec.n, r_of(spec)), spec.dtype, spec.rows),
         )
 
     def update(
@@ -1245,14 +1276,16 @@ def full_matrix(
     ) -> BasisUpdate:
         del key
         dt = spec.dtype
-        y = jnp.where(corr.valid[None, :], corr.y, 0).astype(dt)
-        z = y if corr.z is None else jnp.where(corr.valid[None, :], corr.z, 0).astype(dt)
+        # On an Explicit mesh the (tiny-problem) dense matrix is handled replicated
+        # and stored back along its rows.
+        y = replicated(jnp.where(corr.valid[None, :], corr.y, 0).astype(dt))
+        z = y if corr.z is None else replicated(jnp.where(corr.valid[None, :], corr.z, 0))
         a = jnp.where(corr.valid, corr.alpha, 0).astype(dt)
-        corr_m = (y * a[None, :]) @ z.T
+        corr_m = (y * a[None, :]) @ z.astype(dt).T
         if beta is None:
-            m = state.matrix + corr_m
+            m = replicated(state.matrix) + corr_m
         else:
-            m = beta * state.matrix + (1 - beta) * corr_m
+            m = beta * replicated(state.matrix) + (1 - beta) * corr_m
         m = sym(m)
         lam, vecs = jnp.linalg.eigh(m)
         if abs:
@@ -1270,8 +1303,10 @@ def full_matrix(
         q = jnp.where(valid_sel[None, :], vecs[:, idx], 0)
         lam_sel = jnp.where(valid_sel, lam[idx], 0)
         ok = jnp.any(corr.valid) & _finite(lam, vecs)
-        new_state = _keep_if(ok, FullMatrixState(m, q), state)
-        return BasisUpdate(new_state, lam_sel, valid_sel, lam_sel, valid_sel, q.T @ state.q, ok)
+        q = match(q, state.q)
+        new_state = _keep_if(ok, FullMatrixState(match(m, state.matrix), q), state)
+        rotation = contract(q.T, state.q)
+        return BasisUpdate(new_state, lam_sel, valid_sel, lam_sel, valid_sel, rotation, ok)
 
     return Basis(
         name="full_matrix",
@@ -1329,7 +1364,8 @@ def random(rank: int = 100, generate_freq: int = 1) -> Basis:
 
     def init(spec: BasisSpec, key: jax.Array) -> RandomState:
         del key
-        return RandomState(jnp.zeros((spec.n, r_of(spec)), spec.dtype), jnp.zeros([], jnp.int32))
+        q = zeros_rows((spec.n, r_of(spec)), spec.dtype, spec.rows)
+        return RandomState(q, jnp.zeros([], jnp.int32))
 
     def update(
         spec: BasisSpec,
@@ -1342,14 +1378,14 @@ def random(rank: int = 100, generate_freq: int = 1) -> Basis:
         regen = state.count % generate_freq == 0
         q = jax.lax.cond(
             regen,
-            lambda: orthonormalize(jax.random.normal(key, (spec.n, r), spec.dtype)),
+            lambda: match(orthonormalize(jax.random.normal(key, (spec.n, r), spec.dtype)), state.q),
             lambda: state.q,
         )
         ones = jnp.ones((r,), spec.dtype)
         valid = jnp.ones((r,), jnp.bool_)
         ok = jnp.any(corr.valid)
         new_state = _keep_if(ok, RandomState(q, state.count + 1), state)
-        return BasisUpdate(new_state, ones, valid, ones, valid, q.T @ state.q, ok)
+        return BasisUpdate(new_state, ones, valid, ones, valid, contract(q.T, state.q), ok)
 
     return Basis(
         name="random",

@@ -26,11 +26,11 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from jax.flatten_util import ravel_pytree
 from optax._src import base as optax_base
 
 from lowrank_optax._src import validation as v
-from lowrank_optax._src.lre.linalg import tiny
+from lowrank_optax._src.lre import flatten
+from lowrank_optax._src.lre.linalg import contract, match, tiny
 
 __all__ = [
     "Correction",
@@ -88,6 +88,9 @@ class CollectContext(NamedTuple):
       normalize: ``z ↦ z / max(‖z‖, 2·tiny)`` block by block.
       always_update: static flag, True when every step is an update step
         (``update_freq=1``, ``init_steps=0``): no ``lax.cond`` is needed.
+      rows: layout of the flat ``(n,)`` vectors when the gradients carry Explicit
+        sharding types (a ``NamedSharding`` sharding ``n``), else ``None``;
+        params-shaped trees are flattened with it.
     """
 
     grad: jax.Array
@@ -100,6 +103,7 @@ class CollectContext(NamedTuple):
     project_out: Callable[[jax.Array], jax.Array]
     normalize: Callable[[jax.Array], jax.Array]
     always_update: bool = False
+    rows: Any = None
 
 
 class Curvature(NamedTuple):
@@ -107,7 +111,10 @@ class Curvature(NamedTuple):
 
     Attributes:
       name: the curvature's name (for messages).
-      init: ``(n, dtype, update_freq) -> state``.
+      init: ``(n, dtype, update_freq) -> state``. On an Explicit mesh the driver
+        lays out every array of the state whose leading dimension is ``n`` along
+        ``n`` (the flat vectors' layout); curvature states hold no other arrays of
+        that leading size.
       collect: ``(state, CollectContext) -> (state, Buffers, probes)``; ``probes`` is
         ``None`` or ``(z, Hz)`` flat vectors (zeros off update steps).
       correction: ``(rows, col_valid, apply_b, has_basis) -> Correction`` for one
@@ -348,13 +355,14 @@ def _per_sample(name: str, arg: str, batch_size: int | None) -> Curvature:
     def collect(state: Any, ctx: CollectContext) -> tuple[Any, Buffers, None]:
         _require(ctx.extra, (arg,), name)
         tree = ctx.extra[arg]
-        flat = jax.vmap(lambda t: ravel_pytree(t)[0])(tree)  # (B, n)
-        if flat.ndim != 2 or flat.shape[1] != ctx.grad.shape[0]:
+        flat = flatten.ravel_batched(tree, ctx.rows)  # (n, B)
+        if flat.ndim != 2 or flat.shape[0] != ctx.grad.shape[0]:
             raise ValueError(
                 f"lowrank.curvatures.{name}: `{arg}` must be params-shaped with a leading "
-                f"batch axis; flattened to {flat.shape}, expected (batch, {ctx.grad.shape[0]})."
+                f"batch axis; flattened to {flat.shape[::-1]}, expected "
+                f"(batch, {ctx.grad.shape[0]})."
             )
-        y = flat.T.astype(ctx.grad.dtype)
+        y = flat.astype(ctx.grad.dtype)
         return state, Buffers((y,), jnp.ones(y.shape[1], jnp.bool_)), None
 
     def correction(
@@ -492,9 +500,9 @@ def _hvp_curvature(
         g = ctx.grad
         n, dtype = g.shape[0], g.dtype
         k_type, k_normal, k_rad = jax.random.split(ctx.key, 3)
-        rad = _rademacher(k_rad, n, dtype)
+        rad = match(_rademacher(k_rad, n, dtype), g)
         candidates = {
-            "normal": lambda: jax.random.normal(k_normal, (n,), dtype),
+            "normal": lambda: match(jax.random.normal(k_normal, (n,), dtype), g),
             "rademacher": lambda: rad,
             "g": lambda: g,
             "s": lambda: jnp.where(state.has_prev, ctx.params - state.prev_params, 0).astype(dtype),
@@ -518,7 +526,7 @@ def _hvp_curvature(
         g = ctx.grad
         if hvp_method == "autograd":
             out = ctx.extra["hvp_fn"](ctx.unravel(vec))
-            return ravel_pytree(out)[0].astype(g.dtype)
+            return flatten.ravel(out, ctx.rows)[0].astype(g.dtype)
         x = ctx.params
         norm = jnp.linalg.norm(vec)
         safe = jnp.where(norm > 0, norm, 1)
@@ -526,7 +534,7 @@ def _hvp_curvature(
         grad_fn = ctx.extra["grad_fn"]
 
         def grad_at(point: jax.Array) -> jax.Array:
-            return ravel_pytree(grad_fn(ctx.unravel(point)))[0].astype(g.dtype)
+            return flatten.ravel(grad_fn(ctx.unravel(point)), ctx.rows)[0].astype(g.dtype)
 
         if hvp_method == "forward":
             hz = (grad_at(x + h * direction) - g) / h
@@ -575,7 +583,7 @@ def _hvp_curvature(
 def _initial_b(s: jax.Array, z: jax.Array, hz: jax.Array) -> jax.Array:
     """``v vᵀ S`` with ``v = (z + Hz)/2``: the reference's first B for quasi-Newton."""
     vec = (z + hz) / 2
-    return vec @ (vec.T @ s)
+    return vec @ contract(vec.T, s)
 
 
 def full_hutchinson_hessian(

@@ -9,7 +9,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.flatten_util import ravel_pytree
 from jax.sharding import PartitionSpec
 from optax._src import base as optax_base
 from optax.tree_utils import _state_utils
@@ -19,6 +18,7 @@ from lowrank_optax._src.adam_in_basis import scale_by_adam_in_basis
 from lowrank_optax._src.basis_rotation import BasisRotation
 from lowrank_optax._src.lre import bases as bases_lib
 from lowrank_optax._src.lre import curvatures as curvatures_lib
+from lowrank_optax._src.lre import flatten
 from lowrank_optax._src.lre.bases import Basis, BasisSpec
 from lowrank_optax._src.lre.curvatures import CollectContext, Correction, Curvature
 from lowrank_optax._src.lre.inner import (
@@ -270,8 +270,20 @@ def eigenbasis_update(
     else:
         inner_tx = optax.with_extra_args_support(inner)
 
-    def specs_of(tree: Any, dtype: Any) -> list[BasisSpec]:
-        return [BasisSpec(size, k, dtype, has_z, signed) for _, size in _blocks(tree, per_leaf)]
+    def block_rows(tree: Any) -> tuple[Any, list[Any]]:
+        # Layout of the flat vector and of each basis block on an Explicit mesh
+        # (None elsewhere): the whole model, or one block per leaf following it.
+        leaves = jax.tree.leaves(tree)
+        rows = flatten.rows_sharding(leaves)
+        if rows is None or not per_leaf:
+            return rows, [rows] * len(_blocks(tree, per_leaf))
+        return rows, [flatten.rows_sharding([leaf]) for leaf in leaves]
+
+    def specs_of(tree: Any, dtype: Any, rows: list[Any]) -> list[BasisSpec]:
+        return [
+            BasisSpec(size, k, dtype, has_z, signed, r)
+            for (_, size), r in zip(_blocks(tree, per_leaf), rows, strict=True)
+        ]
 
     def pack(items: list[Any], like: Any) -> Any:
         if not per_leaf:
@@ -293,7 +305,8 @@ def eigenbasis_update(
         leaves = jax.tree.leaves(params)
         n = sum(int(np.prod(jnp.shape(x))) for x in leaves)
         dtype = _compute_dtype(jnp.result_type(*leaves), compute_dtype)
-        specs = specs_of(params, dtype)
+        rows, rows_per_block = block_rows(params)
+        specs = specs_of(params, dtype, rows_per_block)
         key = jax.random.PRNGKey(seed)
         key, *bkeys = jax.random.split(key, len(specs) + 1)
         ranks = [basis.rank(s) for s in specs]
@@ -310,7 +323,10 @@ def eigenbasis_update(
             acc_eigenvalues=zeros(lambda r: (r,), dtype),
             acc_valid=zeros(lambda r: (r,), jnp.bool_),
             has_basis=zeros(lambda r: (), jnp.bool_),
-            curvature_state=curvature.init(n, dtype, update_freq),
+            curvature_state=jax.tree.map(
+                lambda a: flatten.put_rows(a, rows) if jnp.ndim(a) and a.shape[0] == n else a,
+                curvature.init(n, dtype, update_freq),
+            ),
             basis_state=store([basis.init(s, bk) for s, bk in zip(specs, bkeys, strict=True)]),
             inner_state=inner_tx.init(proxies),
             key=key,
@@ -333,13 +349,14 @@ def eigenbasis_update(
                 f"lowrank.curvatures.{curvature.name} reads the parameters: "
                 + optax_base.NO_PARAMS_MSG
             )
-        flat_g, unravel = ravel_pytree(updates)
+        rows_all, rows_per_block = block_rows(updates)
+        flat_g, unravel = flatten.ravel(updates, rows_all)
         dtype = _compute_dtype(flat_g.dtype, compute_dtype)
         g = flat_g.astype(dtype)
-        x = None if params is None else ravel_pytree(params)[0].astype(dtype)
-        _, unravel_params = ravel_pytree(updates if params is None else params)
+        x = None if params is None else flatten.ravel(params, rows_all)[0].astype(dtype)
+        _, unravel_params = flatten.ravel(updates if params is None else params, rows_all)
         blocks = _blocks(updates, per_leaf)
-        specs = specs_of(updates, dtype)
+        specs = specs_of(updates, dtype, rows_per_block)
         count = state.count
         always_update = update_freq == 1 and init_steps == 0
         should_update = (count % update_freq == 0) | (count < init_steps)
@@ -354,7 +371,10 @@ def eigenbasis_update(
 
         def rows(a: jax.Array, i: int) -> jax.Array:
             start, size = blocks[i]
-            return a[start : start + size]
+            return flatten.block(a, start, size, rows_per_block[i])
+
+        def join(parts: list[jax.Array]) -> jax.Array:
+            return flatten.join(parts, rows_all)
 
         def project_out(zv: jax.Array) -> jax.Array:
             parts = []
@@ -362,14 +382,14 @@ def eigenbasis_update(
                 zb = rows(zv, i)
                 coords = jnp.where(acc_valid_old[i], basis.project(bs, zb), 0)
                 parts.append(jnp.where(has_old[i], zb - basis.unproject(bs, coords), zb))
-            return jnp.concatenate(parts)
+            return join(parts)
 
         def normalize(zv: jax.Array) -> jax.Array:
             parts = []
             for i in range(len(blocks)):
                 zb = rows(zv, i)
                 parts.append(zb / jnp.maximum(jnp.linalg.norm(zb), tiny(zb.dtype)))
-            return jnp.concatenate(parts)
+            return join(parts)
 
         ctx = CollectContext(
             grad=g,
@@ -382,6 +402,7 @@ def eigenbasis_update(
             project_out=project_out,
             normalize=normalize,
             always_update=always_update,
+            rows=rows_all,
         )
         cstate, buffers, probes = curvature.collect(state.curvature_state, ctx)
         bkeys = jax.random.split(k_basis, len(blocks))
@@ -467,7 +488,7 @@ def eigenbasis_update(
                 basis.unproject(bstates_new[i], jnp.where(valid[i], u.astype(dtype), 0))
                 for i, u in enumerate(u_leaves)
             ]
-            return jnp.concatenate(parts), inner_state
+            return join(parts), inner_state
 
         if init_steps > 0:
             u, inner_state = jax.lax.cond(

@@ -12,6 +12,13 @@ diagonalised. Invalid coordinates (masked columns of ``Q`` and dependent columns
 of ``V``) are given a sentinel diagonal entry below the whole spectrum, so
 ``eigh`` puts them first and their eigenvectors live on invalid coordinates
 only; they are recognised by position, not by value.
+
+On an Explicit mesh (sharding *types*), arrays with ``n`` rows are sharded along
+``n`` and everything ``r``-sized is replicated: :func:`contract` gives products
+contracting ``n`` a replicated result, :func:`match` lays a freshly drawn
+``(n, ·)`` array out like the state it combines with, and QR factorisations of
+``(n, m)`` matrices run on a replicated copy (the result is laid out as its
+input). Off Explicit meshes these helpers are the plain operations.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from lowrank_optax._src import sharding
 from lowrank_optax._src.linalg import positive_qr
 
 # A column whose component outside span(Q) is smaller than this (relative to the
@@ -29,6 +37,36 @@ IN_SPAN_RTOL = 64.0
 def tiny(dtype: jnp.dtype) -> jax.Array:
     """``2 · tiny`` of a float dtype (the reference's guard against division by 0)."""
     return jnp.asarray(2 * jnp.finfo(dtype).tiny, dtype)
+
+
+def contract(a: jax.Array, b: jax.Array) -> jax.Array:
+    """``a @ b`` contracting the (possibly sharded) ``n`` axis; the small result is replicated.
+
+    Off Explicit meshes this is ``a @ b``. On one, a contraction over a sharded
+    axis needs an explicit output sharding: replicated (partial products, then
+    an all-reduce).
+    """
+    like = a if sharding.explicit_spec(a) is not None else b
+    if sharding.explicit_spec(like) is None:
+        return a @ b
+    out_ndim = max(jnp.ndim(a) + jnp.ndim(b) - 2, 0)
+    return sharding.matmul(a, b, (None,) * out_ndim, like)
+
+
+def match(x: jax.Array, ref: jax.Array) -> jax.Array:
+    """``x`` laid out as ``ref`` when ``ref`` carries an Explicit sharding type (else ``x``)."""
+    spec = sharding.explicit_spec(ref)
+    if spec is None or sharding.explicit_spec(x) == spec:
+        return x
+    return sharding.reshard(x, spec, ref)
+
+
+def replicated(x: jax.Array) -> jax.Array:
+    """``x`` replicated when it carries an Explicit sharding type (else ``x``)."""
+    spec = sharding.explicit_spec(x)
+    if spec is None or all(s is None for s in spec):
+        return x
+    return sharding.reshard(x, (None,) * len(spec), x)
 
 
 def sym(a: jax.Array) -> jax.Array:
@@ -111,9 +149,9 @@ def orthonormal_completion(
     n, m = cols.shape
     dtype = cols.dtype
     cols = jnp.where(cols_valid[None, :], cols, 0)
-    p = (cols.T @ q).T  # = Qᵀcols; this operand order streams the tall Q faster on CPU
+    p = contract(cols.T, q).T  # = Qᵀcols; this operand order streams the tall Q faster on CPU
     resid = cols - q @ p
-    p2 = (resid.T @ q).T  # second Gram-Schmidt pass
+    p2 = contract(resid.T, q).T  # second Gram-Schmidt pass
     resid = resid - q @ p2
     p = p + p2
     col_norms = jnp.linalg.norm(cols, axis=0)
@@ -124,7 +162,8 @@ def orthonormal_completion(
         v = jnp.where(ok, resid / jnp.where(ok, beta, 1), 0)
         coef = jnp.where(ok, beta, 0).reshape(1, 1)
         return v, ok.reshape(1), jnp.concatenate([p, coef], axis=0)
-    v, rr = jnp.linalg.qr(resid)
+    v, rr = jnp.linalg.qr(replicated(resid))
+    v = match(v, resid)
     if v.shape[1] < m:  # m > n: pad to m columns
         v = jnp.pad(v, ((0, 0), (0, m - v.shape[1])))
         rr = jnp.pad(rr, ((0, m - rr.shape[0]), (0, 0)))
@@ -234,15 +273,19 @@ def select_columns(
 
 
 def orthonormalize(a: jax.Array) -> jax.Array:
-    """Orthonormal basis of ``a``'s columns by QR (diag(R) ≥ 0), padded to ``a``'s width."""
+    """Orthonormal basis of ``a``'s columns by QR (diag(R) ≥ 0), padded to ``a``'s width.
+
+    On an Explicit mesh the factorisation runs on a replicated copy of ``a`` (an
+    all-gather of ``n × m``) and the result is laid out as ``a``.
+    """
     n, m = a.shape
-    q = positive_qr(a)
+    q = positive_qr(replicated(a))
     if q.shape[1] < m:
         q = jnp.pad(q, ((0, 0), (0, m - q.shape[1])))
-    return q
+    return match(q, a)
 
 
 def orthogonality_error(q: jax.Array, valid: jax.Array) -> jax.Array:
     """``mean((QᵀQ − diag(valid))²)``: the reference's re-orthogonalisation trigger."""
-    g = q.T @ q
+    g = contract(q.T, q)
     return jnp.mean(jnp.square(g - jnp.diag(valid.astype(g.dtype))))
