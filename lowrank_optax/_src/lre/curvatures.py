@@ -159,7 +159,8 @@ class BufferedState(NamedTuple):
     """State of the column-buffering curvatures.
 
     Attributes:
-      buffer: ``(n, update_freq − 1)`` columns gathered since the last update.
+      buffer: ``(n, update_freq − 1)`` columns gathered since the last update
+        (``None`` when ``update_freq`` is 1).
       fill: int32 number of filled buffer columns.
       memory: ``(n,)`` curvature-specific vector (EMA, previous parameters) or
         ``None``.
@@ -182,8 +183,9 @@ def _buffered(
     """Curvature whose columns are one vector per step, flushed on update steps."""
 
     def init(n: int, dtype: jnp.dtype, update_freq: int) -> BufferedState:
+        # No buffer with update_freq=1 (a zero-size array cannot be checkpointed).
         return BufferedState(
-            buffer=jnp.zeros((n, update_freq - 1), dtype),
+            buffer=jnp.zeros((n, update_freq - 1), dtype) if update_freq > 1 else None,
             fill=jnp.zeros([], jnp.int32),
             memory=jnp.zeros((n,), dtype) if memory else None,
             started=jnp.zeros([], jnp.bool_),
@@ -191,12 +193,15 @@ def _buffered(
 
     def collect(state: BufferedState, ctx: CollectContext) -> tuple[Any, Buffers, None]:
         col, col_ok, new_memory, new_started = column_fn(state, ctx)
-        width = state.buffer.shape[1]
-        y = jnp.concatenate([state.buffer, col[:, None]], axis=1)
-        col_valid = jnp.concatenate([jnp.arange(width) < state.fill, col_ok[None]])
-        # Off update steps the column goes into the buffer (index `width` = dropped).
-        slot = jnp.where(ctx.should_update | ~col_ok, width, state.fill)
-        buffer = state.buffer.at[:, slot].set(col, mode="drop") if width else state.buffer
+        if state.buffer is None:
+            y, col_valid, buffer = col[:, None], col_ok[None], None
+        else:
+            width = state.buffer.shape[1]
+            y = jnp.concatenate([state.buffer, col[:, None]], axis=1)
+            col_valid = jnp.concatenate([jnp.arange(width) < state.fill, col_ok[None]])
+            # Off update steps the column goes into the buffer (index `width` = dropped).
+            slot = jnp.where(ctx.should_update | ~col_ok, width, state.fill)
+            buffer = state.buffer.at[:, slot].set(col, mode="drop")
         fill = jnp.where(ctx.should_update, 0, state.fill + col_ok.astype(jnp.int32))
         new_state = BufferedState(buffer, fill, new_memory, new_started)
         return new_state, Buffers((y,), col_valid), None

@@ -549,7 +549,13 @@ def lre(
     curvature: Curvature | None = None,
     basis: Basis | None = None,
     inner: optax.GradientTransformation | Sequence[optax.GradientTransformation] | None = None,
-    **eigenbasis_kwargs: Any,
+    *,
+    update_freq: int = 1,
+    init_steps: int = 0,
+    symmetrize: bool | str = True,
+    per_leaf: bool = False,
+    compute_dtype: Any | None = None,
+    seed: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
     r"""LRE with the reference README's recommended configuration.
 
@@ -575,8 +581,12 @@ def lre(
       curvature: a :mod:`lowrank.curvatures` instance (default covariance).
       basis: a :mod:`lowrank.bases` instance (default GGT).
       inner: inner transformation(s) (default as above).
-      **eigenbasis_kwargs: keywords of :func:`eigenbasis_update` (``update_freq``,
-        ``init_steps``, ``symmetrize``, ``per_leaf``, ``compute_dtype``, ``seed``).
+      update_freq: steps between basis updates (see :func:`eigenbasis_update`).
+      init_steps: leading steps that only build the basis.
+      symmetrize: ``True``, ``False`` or ``'average'``.
+      per_leaf: one basis per leaf instead of one for the flattened model.
+      compute_dtype: dtype of decompositions and stored bases.
+      seed: seed of the PRNG key kept in the state.
 
     Returns:
       The corresponding :class:`optax.GradientTransformationExtraArgs`.
@@ -609,6 +619,16 @@ def lre(
             clip_norm_by_ema_in_basis(normalize=True),
         ]
     return optax.chain(
-        eigenbasis_update(inner, curvature=curvature, basis=basis, **eigenbasis_kwargs),
+        eigenbasis_update(
+            inner,
+            curvature=curvature,
+            basis=basis,
+            update_freq=update_freq,
+            init_steps=init_steps,
+            symmetrize=symmetrize,
+            per_leaf=per_leaf,
+            compute_dtype=compute_dtype,
+            seed=seed,
+        ),
         optax.scale_by_learning_rate(learning_rate),
     )

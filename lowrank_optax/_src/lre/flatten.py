@@ -28,10 +28,11 @@ def rows_sharding(leaves: list[Any]) -> NamedSharding | None:
     """Sharding of the concatenation of ``leaves`` (flattened) along its ``n`` rows.
 
     Rule: the flattened vector is sharded over the mesh axes that shard the
-    leaves (every axis name in their specs, in order of first appearance); while
-    ``n`` is not divisible by the product of those axes' sizes the last one is
-    dropped, and with none left the vector is replicated. The result's spec is
-    ``P(axis)``, ``P((axis_1, axis_2, ...))`` or ``P()``.
+    leaves (every Explicit axis named in their specs, in order of first
+    appearance in ``jax.tree.leaves`` order, as :func:`lowrank.state_partition_specs`
+    orders its mesh); while ``n`` is not divisible by the product of those axes'
+    sizes the last one is dropped, and with none left the vector is replicated.
+    The result's spec is ``P(axis)``, ``P((axis_1, axis_2, ...))`` or ``P()``.
 
     Args:
       leaves: arrays or abstract arrays (``jax.ShapeDtypeStruct``).
