@@ -20,6 +20,21 @@ axis; low-rank moments take the parameter's spec with the projected axis
 unsharded. A merged N-D axis group keeps the spec of its major axis only if the
 other axes of the group are unsharded.
 
+LRE (``eigenbasis_update``, ``lre``) flattens the model into one vector of length
+``n`` (or one per leaf with ``per_leaf=True``):
+
+================================================  ================
+array                                             spec
+================================================  ================
+``Q`` (n×r), GGT history, other ``n``-row arrays  ``(axes, None)``
+``r``-vectors, ``r×r`` matrices, inner state      ``P()``
+================================================  ================
+
+where ``axes`` are the mesh axes named in the parameters' specs (in order of first
+appearance), the last dropped while ``n`` is not divisible by their sizes'
+product (:func:`state_partition_specs` knows no sizes and assumes they divide
+``n``); with ``per_leaf`` each leaf's arrays follow that leaf.
+
 Mechanism: the library's transformations build their state with explicit
 sharding *types* whenever the parameters carry them (``jax.make_mesh``'s default
 Explicit axes). :func:`state_partition_specs` therefore traces ``tx.init`` on
@@ -132,8 +147,9 @@ def state_partition_specs(tx: Any, params: Any, param_specs: Any) -> Any:
     """Partition specs of ``tx.init(params)`` given the parameters' specs.
 
     Works for any composition of library wrappers and optax transforms; the
-    low-rank arrays follow the rules in this module's docstring, counters and
-    keys are replicated (``P()``).
+    low-rank arrays follow the rules in this module's docstring (LRE's
+    flattened ``n``-row arrays: sharded along ``n``, assuming the axes divide it),
+    counters and keys are replicated (``P()``).
 
     Args:
       tx: an optax transformation (or anything with ``init``).
@@ -175,8 +191,10 @@ def state_sharding(tx: Any, params: Any, param_sharding: Any) -> Any:
     Returns:
       A pytree of ``NamedSharding`` matching ``tx.init(params)``: projectors take the
       parameter's spec on the projected axis and none on the rank axis, low-rank
-      moments the parameter's spec with the projected axis unsharded, counters and
-      keys are replicated.
+      moments the parameter's spec with the projected axis unsharded; LRE's
+      flattened ``n``-row arrays (bases ``Q``, histories, curvature vectors) are
+      sharded along ``n`` over the parameters' mesh axes and its ``r``-sized work is
+      replicated; counters and keys are replicated.
 
     Examples:
       >>> import jax, jax.numpy as jnp, optax

@@ -168,9 +168,19 @@ def eigenbasis_update(
     ``'average'`` passes :math:`(Y+Z)/2` (the reference's behaviour); ``False``
     passes :math:`Z` to the basis.
 
-    Sharding: arrays with ``n`` rows (in ``curvature_state`` and ``basis_state``)
-    are the ones to shard along ``n``; the ``r``-sized state is small and
-    replicated (see :func:`eigenbasis_partition_specs`). Under ``pmap``, ``pmean``
+    Sharding: arrays with ``n`` rows (the flattened gradient, and those in
+    ``curvature_state`` and ``basis_state``) are sharded along ``n`` over the mesh
+    axes that shard the parameters (in order of first appearance in their specs;
+    the last axis is dropped while ``n`` is not divisible by the axes' sizes, and
+    with none left they are replicated; with ``per_leaf`` each block follows its
+    leaf); the ``r``-sized state, counters and keys are replicated and the
+    ``r × r`` work runs replicated. When the parameters carry Explicit sharding
+    types, ``init`` creates the arrays with those shardings (so
+    :func:`lowrank.state_sharding` and :func:`lowrank.state_partition_specs`
+    return them for any composition) and ``update`` keeps them: products
+    contracting ``n`` give replicated results, and QR factorisations of
+    ``n``-row matrices run on replicated copies. On Auto meshes pass
+    :func:`lowrank.state_sharding` to ``jax.jit``. Under ``pmap``, ``pmean``
     gradients before this transformation so that the replicated bases agree.
 
     .. warning::
@@ -521,6 +531,13 @@ def eigenbasis_partition_specs(state: EigenbasisState, n: int, axis: Any) -> Any
     flattened size ``n`` get ``PartitionSpec(axis)`` (sharded along ``n``);
     everything else (``r``-sized vectors, ``r × r`` matrices, counters, keys) is
     replicated. Use with ``per_leaf=False``.
+
+    A shape-based helper for Auto meshes when you choose the axis yourself;
+    :func:`lowrank.state_sharding` / :func:`lowrank.state_partition_specs` apply
+    the library's rule (see :func:`eigenbasis_update`) to whole optimizer states,
+    per-leaf ones included, and give the same specs for a flattened state whose
+    ``n`` the axes divide. Shape-based means that an ``r``-sized array is also
+    sharded when ``r`` happens to equal ``n`` (tiny problems).
 
     Args:
       state: the state (or its ``jax.eval_shape``).
