@@ -127,6 +127,62 @@ class PositiveQrTest(absltest.TestCase):
         np.testing.assert_allclose(np.tril(r, -1), 0.0, atol=1e-5)
 
 
+_qr = jax.jit(linalg.qr_factors)
+
+
+class QrFactorsTest(parameterized.TestCase):
+    """CholeskyQR2 fast path and its Householder fallback give the same factorisation."""
+
+    def _check(self, y, q, r, atol):
+        q, r = np.asarray(q), np.asarray(r)
+        k = y.shape[-1]
+        np.testing.assert_allclose(
+            np.swapaxes(q, -1, -2) @ q, np.broadcast_to(np.eye(k), r.shape), atol=atol
+        )
+        np.testing.assert_allclose(q @ r, y, atol=atol * max(1.0, float(np.abs(y).max())))
+        self.assertTrue(np.all(np.diagonal(r, axis1=-2, axis2=-1) >= 0))
+        np.testing.assert_allclose(np.tril(r, -1), 0.0, atol=atol)
+
+    @parameterized.parameters(((300, 12),), ((3, 40, 7),))
+    def test_full_rank_equals_householder_with_positive_diagonal(self, shape):
+        y = _random(shape, seed=11)
+        q, r = _qr(jnp.asarray(y))
+        self._check(y, q, r, atol=2e-5)
+        # The QR with diag(R) > 0 is unique: numpy's Householder QR, sign-fixed.
+        qn, rn = np.linalg.qr(y.astype(np.float64))
+        sign = np.sign(np.diagonal(rn, axis1=-2, axis2=-1))
+        np.testing.assert_allclose(np.asarray(q), qn * sign[..., None, :], atol=2e-5)
+
+    def test_rank_deficient_falls_back_to_an_orthonormal_q(self):
+        # rank 2 < k = 6: the Cholesky of the Gram breaks down (or is inaccurate),
+        # and the Householder fallback still returns an orthonormal Q with QR = Y.
+        y = (_random((60, 2), seed=12) @ _random((2, 6), seed=13)).astype(np.float32)
+        q, r = _qr(jnp.asarray(y))
+        self._check(y, q, r, atol=2e-5)
+
+    def test_ill_conditioned_falls_back(self):
+        # Singular values over 6 decades, mixed by orthogonal factors: the Gram's
+        # condition number (1e12) is beyond float32, CholeskyQR2 loses orthogonality.
+        a = np.linalg.qr(_random((80, 5), seed=14).astype(np.float64))[0]
+        b = np.linalg.qr(_random((5, 5), seed=16).astype(np.float64))[0]
+        y = ((a * np.logspace(0, -6, 5)) @ b).astype(np.float32)
+        q, r = _qr(jnp.asarray(y))
+        self._check(y, q, r, atol=2e-5)
+
+    def test_zero_matrix_gives_finite_orthonormal_q(self):
+        q, r = _qr(jnp.zeros((10, 3)))
+        self.assertTrue(np.all(np.isfinite(np.asarray(q))))
+        np.testing.assert_allclose(np.asarray(q.T @ q), np.eye(3), atol=1e-6)
+        np.testing.assert_allclose(np.asarray(r), 0.0, atol=1e-6)
+
+    def test_float64(self):
+        with jax.enable_x64(True):
+            y = _random((50, 6), seed=15, dtype=np.float64)
+            q, r = linalg.qr_factors(jnp.asarray(y))
+            self.assertEqual(q.dtype, jnp.float64)
+            self._check(y, q, r, atol=1e-12)
+
+
 # Few distinct (shape, rank, oversampling, power_iterations) configurations: each one
 # compiles the range finder once, and the tests below share them.
 SPAN_CASES = ((20, 9, 3, 3, 0), (9, 20, 2, 4, 1), (16, 16, 4, 4, 2))  # m, n, rank(G), r, os
