@@ -126,6 +126,9 @@ def galore_adamw(
     proj_type: str = "std",
     on_refresh: str = "keep",
     projector: str = "svd",
+    oversampling: int | None = None,
+    power_iterations: int | None = None,
+    seed: int | None = None,
     dimension_numbers: DimsArg = None,
     mask: MaskArg = None,
     weight_decay_mask: Any | None = None,
@@ -171,9 +174,10 @@ def galore_adamw(
     ``gradient_accumulation_steps`` → :class:`optax.MultiSteps`.
 
     Static arguments for :func:`optax.inject_hyperparams`: ``rank``,
-    ``update_proj_gap``, ``proj_type``, ``projector``, ``on_refresh``,
-    ``dimension_numbers``, ``mask``, ``weight_decay_mask``,
-    ``gradient_accumulation_steps``, ``ema_overwrite_frequency``, ``use_ema``.
+    ``update_proj_gap``, ``proj_type``, ``projector``, ``oversampling``,
+    ``power_iterations``, ``seed``, ``on_refresh``, ``dimension_numbers``, ``mask``,
+    ``weight_decay_mask``, ``gradient_accumulation_steps``, ``ema_overwrite_frequency``,
+    ``use_ema``.
     ``learning_rate``, ``b1``, ``b2``, ``eps``, ``weight_decay`` and ``scale`` are
     injectable.
 
@@ -192,6 +196,10 @@ def galore_adamw(
       proj_type: projection side (see :func:`galore`).
       on_refresh: ``'keep'`` (galore-torch), ``'reset'`` or ``'reproject'``.
       projector: ``'svd'`` (galore-torch) or ``'randomized'``.
+      oversampling: extra range-finder columns (``projector='randomized'``;
+        ``None``: 10, as :func:`project_lowrank`).
+      power_iterations: range-finder subspace iterations (``None``: 1).
+      seed: seed of the randomized projector's PRNG key (``None``: 0).
       dimension_numbers: leaf selection / N-D views (see :func:`project_lowrank`).
       mask: extra leaf selection for projection.
       weight_decay_mask: pytree/callable of booleans selecting decayed leaves.
@@ -272,6 +280,11 @@ def galore_adamw(
             scale=scale,
             proj_type=proj_type,
             projector=projector,
+            # None defaults keep optax.inject_hyperparams from treating them as
+            # injectable numbers when they are not listed in its static_args.
+            oversampling=10 if oversampling is None else oversampling,
+            power_iterations=1 if power_iterations is None else power_iterations,
+            seed=0 if seed is None else seed,
             on_refresh=on_refresh,
             dimension_numbers=dimension_numbers,
             mask=mask,
