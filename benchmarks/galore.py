@@ -3,7 +3,8 @@
 Prints, in one run, the median normal-step and refresh-step time of
 ``lowrank.galore_adamw`` (svd and randomized projectors; ``std`` and optax's
 ``reverse_std`` layout), ``optax.adamw`` and ``optax.contrib.galore``, plus the
-bare projection matmuls (the floor of a normal step), and the optimizer-state
+bare projection matmuls on each layout's sides (the floor of a normal step), the
+refresh's own cost (refresh step minus normal step) and the optimizer-state
 megabytes. Every timed function is a jitted whole step with params and state
 donated; timed runs of all candidates are interleaved, round after round, and
 ratios are taken against baselines measured in the same run.
@@ -70,24 +71,33 @@ class Candidate:
         return (time.perf_counter() - t0) / reps * 1e3
 
 
+def projected_side(proj_type: str, m: int, n: int) -> str:
+    """The side a one-sided ``proj_type`` projects an ``m × n`` matrix on."""
+    if proj_type == "std":  # galore-torch: the smaller side (right when m >= n)
+        return "left" if m < n else "right"
+    return "left" if m >= n else "right"  # reverse_std (optax.contrib.galore's layout)
+
+
 class Floor:
-    """The projection matmuls alone (Pᵀ G and P N per matrix), jitted and donated."""
+    """The projection matmuls alone (``Pᵀ G`` and ``P N`` per matrix, on the sides
+    ``proj_type`` projects on), jitted; the floor of a normal step."""
 
-    def __init__(self, params: Any, grads: Any, rank: int, side: str):
-        self.name = f"matmul floor ({side})"
+    def __init__(self, params: Any, grads: Any, rank: int, proj_type: str):
+        self.name = f"matmul floor ({proj_type})"
         self.state_mb = float("nan")
+        sides = {k: projected_side(proj_type, *g.shape) for k, g in grads.items()}
 
-        def bases(g: jax.Array) -> jax.Array:
-            m, n = g.shape
+        def basis(g: jax.Array, side: str) -> jax.Array:
             return jnp.linalg.qr(g[:, :rank] if side == "left" else g[:rank].T)[0]
 
-        self.p = {k: bases(g) for k, g in grads.items()}
+        self.p = {k: basis(g, sides[k]) for k, g in grads.items()}
         self.grads = grads
 
         def floor(g: Any, p: Any) -> Any:
-            if side == "left":
-                return {k: p[k] @ (p[k].T @ g[k]) for k in g}
-            return {k: (g[k] @ p[k]) @ p[k].T for k in g}
+            return {
+                k: p[k] @ (p[k].T @ g[k]) if sides[k] == "left" else (g[k] @ p[k]) @ p[k].T
+                for k in g
+            }
 
         self.fn = jax.jit(floor)
         self.out = self.fn(grads, self.p)
@@ -127,9 +137,9 @@ def main(argv: list[str] | None = None) -> None:
         f"rank {r}, gap {gap}\n"
     )
 
-    def gal(proj_type: str, projector: str, gap: int) -> optax.GradientTransformation:
+    def gal(proj_type: str, projector: str, gap: int, **kw: int) -> optax.GradientTransformation:
         return lowrank.galore_adamw(
-            lr, rank=r, update_proj_gap=gap, proj_type=proj_type, projector=projector
+            lr, rank=r, update_proj_gap=gap, proj_type=proj_type, projector=projector, **kw
         )
 
     normal: list[Any] = [
@@ -142,11 +152,15 @@ def main(argv: list[str] | None = None) -> None:
         ),
         Candidate("galore_adamw reverse_std", gal("reverse_std", "svd", gap), params, grads),
         Candidate("galore_adamw std", gal("std", "svd", gap), params, grads),
-        Floor(params, grads, r, "left"),
-        Floor(params, grads, r, "right"),
+        Floor(params, grads, r, "reverse_std"),
+        Floor(params, grads, r, "std"),
     ]
     normal_ms = interleave(normal, args.rounds, args.reps)
 
+    # Refresh steps (update_proj_gap=1: every step refreshes) for the SVD and the
+    # randomized range finder (library defaults p=10, q=1; and p=10, q=0). The
+    # refresh's own cost is the refresh step minus the normal step of the same
+    # layout (std), measured in the same run.
     refresh: list[Any] = [
         Candidate(
             "optax.contrib.galore",
@@ -155,7 +169,13 @@ def main(argv: list[str] | None = None) -> None:
             grads,
         ),
         Candidate("galore_adamw svd", gal("std", "svd", 1), params, grads),
-        Candidate("galore_adamw randomized", gal("std", "randomized", 1), params, grads),
+        Candidate("galore_adamw randomized q=1", gal("std", "randomized", 1), params, grads),
+        Candidate(
+            "galore_adamw randomized q=0",
+            gal("std", "randomized", 1, power_iterations=0),
+            params,
+            grads,
+        ),
     ]
     refresh_ms = interleave(refresh, max(3, args.rounds // 2), 1)
 
@@ -177,16 +197,19 @@ def main(argv: list[str] | None = None) -> None:
     for c in normal:
         ms = normal_ms[c.name]
         print(f"{c.name:32s} {ms:9.2f} {ms / adam:8.2f} {ms / contrib:9.2f} {c.state_mb:9.2f}")
-    floor_left = normal_ms["matmul floor (left)"]
-    floor_right = normal_ms["matmul floor (right)"]
-    rev, std = normal_ms["galore_adamw reverse_std"], normal_ms["galore_adamw std"]
-    print(f"\nreverse_std / matmul floor (left):  {rev / floor_left:.2f}")
-    print(f"std / matmul floor (right):         {std / floor_right:.2f}")
-    print(f"\n{'refresh step':32s} {'ms':>9s}")
+    for pt in ("reverse_std", "std"):
+        ratio = normal_ms[f"galore_adamw {pt}"] / normal_ms[f"matmul floor ({pt})"]
+        print(f"galore_adamw {pt} / its matmul floor: {ratio:.2f}")
+    normal_std = normal_ms["galore_adamw std"]
+    svd_cost = refresh_ms["galore_adamw svd"] - normal_std
+    print(f"\n{'refresh step':32s} {'ms':>9s} {'refresh cost':>13s} {'svd/this':>9s}")
     for c in refresh:
-        print(f"{c.name:32s} {refresh_ms[c.name]:9.1f}")
-    svd_ms, rnd_ms = refresh_ms["galore_adamw svd"], refresh_ms["galore_adamw randomized"]
-    print(f"\nrandomized refresh speed-up over svd: {svd_ms / rnd_ms:.1f}x")
+        ms = refresh_ms[c.name]
+        if c.name.startswith("galore_adamw"):
+            cost = ms - normal_std
+            print(f"{c.name:32s} {ms:9.1f} {cost:13.1f} {svd_cost / cost:9.1f}")
+        else:
+            print(f"{c.name:32s} {ms:9.1f}")
     by_name = {c.name: c.state_mb for c in normal}
     for pt in ("std", "reverse_std"):
         measured, formula = by_name[f"galore_adamw {pt}"], formula_mb(pt)

@@ -101,6 +101,9 @@ def _rotation(plan: LeafPlan, new: LeafBasis, old: LeafBasis, apply: jax.Array) 
 def _after(x: jax.Array, previous: jax.Array, count: jax.Array) -> jax.Array:
     """``x`` unchanged, but data-dependent on ``previous`` (a scheduling hint).
 
+    ``x`` is an array (an exact zero is added) or a boolean predicate (an
+    always-false term is or-ed in).
+
     XLA's CPU backend schedules breadth-first by default
     (``--xla_cpu_enable_concurrency_optimized_scheduler``): every leaf's full-size
     back-projection would be computed before any of them is consumed by the
@@ -109,10 +112,15 @@ def _after(x: jax.Array, previous: jax.Array, count: jax.Array) -> jax.Array:
     freshly mapped and page-faulted on every step (~25% of the step). Making each
     leaf's back-projection depend on the previous leaf's lets the update of a
     leaf run, and free its buffer, before the next one is computed. The added
-    term is an exact zero (``count`` is never negative, a fact XLA cannot fold);
-    only unsharded leaves on CPU get it, so no collective is ever added.
+    term is an exact zero (``count`` is never negative, a fact XLA cannot fold).
+    Only leaves without Explicit sharding, on the CPU backend, get it (other
+    backends schedule for memory; on a sharded leaf the one-element read would
+    be a transfer).
     """
-    zero = jnp.where(count < 0, previous[(0,) * previous.ndim], 0)
+    first = previous[(0,) * previous.ndim]
+    if x.dtype == jnp.bool_:
+        return x | ((count < 0) & (first != 0))
+    zero = jnp.where(count < 0, first, 0)
     return x + zero.astype(x.dtype)
 
 
@@ -330,21 +338,29 @@ def project_lowrank(
     ) -> tuple[dict[str, LeafBasis], jax.Array]:
         """Bases after this step's refresh decision, and the next PRNG key.
 
-        One ``lax.cond`` per leaf rather than one for the whole tree: only one
-        leaf's decomposition workspace is live at a time (on the LLaMA-block
-        benchmark the step's temporary memory drops from 92 MB to 32 MB).
+        One ``lax.cond`` per leaf rather than one for the whole tree, run one
+        after the other (see :func:`_after`): only one leaf's decomposition
+        workspace is live at a time (on the LLaMA-block benchmark the step's
+        temporary memory drops from 92 MB to 32 MB) and the LAPACK calls of
+        different leaves do not compete for the same cores.
         """
         key, sub = jax.random.split(state.key)
         bases = {}
+        previous = None
+        sequence = jax.default_backend() == "cpu"
         for i, (k, g, p) in enumerate(zip(keys, leaves, plans, strict=True)):
             if p is None:
                 continue
             leaf_key = jax.random.fold_in(sub, i)
+            pred = refresh
+            if sequence and previous is not None and p.spec is None:
+                pred = _after(pred, previous, state.count)
             bases[k] = jax.lax.cond(
-                refresh,
+                pred,
                 lambda g=g, p=p, k=k, leaf_key=leaf_key: leaf_basis(g, p, state.bases[k], leaf_key),
                 lambda k=k: state.bases[k],
             )
+            previous = next(b for b in bases[k] if b is not None)
         if projector == "randomized":
             key = jnp.where(refresh, key, state.key)
         else:
