@@ -79,12 +79,12 @@ def conformance_case(
         "test_optimizers_accept_extra_args": parameterized.product(cases, wrap=(False,))(
             _raw("test_optimizers_accept_extra_args")
         ),
-        "test_optimizers_can_be_wrapped_in_inject_hyperparams": parameterized.product(
-            main_cases
-        )(_raw("test_optimizers_can_be_wrapped_in_inject_hyperparams")),
-        "test_preserve_dtype": parameterized.product(
-            main_cases, dtype=("bfloat16", "float32")
-        )(_raw("test_preserve_dtype")),
+        "test_optimizers_can_be_wrapped_in_inject_hyperparams": parameterized.product(main_cases)(
+            _raw("test_optimizers_can_be_wrapped_in_inject_hyperparams")
+        ),
+        "test_preserve_dtype": parameterized.product(main_cases, dtype=("bfloat16", "float32"))(
+            _raw("test_preserve_dtype")
+        ),
         "test_gradient_accumulation": parameterized.product(
             main_cases, dtype=("bfloat16", "float32")
         )(_raw("test_gradient_accumulation")),
