@@ -39,6 +39,14 @@ TRANSFORMS = {
         ema_overwrite_frequency=3,
         gradient_accumulation_steps=2,
     ),
+    # LRE: GGT history, Adam, cautious, and the norm-EMA clip's PRNG key.
+    "lre_default": lambda: lowrank.lre(1e-2, basis=lowrank.bases.ggt(4)),
+    # A gradient buffer between basis updates and a stored Nyström test matrix.
+    "lre_nystrom_buffered": lambda: lowrank.lre(
+        1e-2, basis=lowrank.bases.nystrom(3, omega_update_freq=2), update_freq=2
+    ),
+    # One basis per leaf.
+    "lre_per_leaf_eigen": lambda: lowrank.lre(1e-2, basis=lowrank.bases.eigen(3), per_leaf=True),
 }
 
 
