@@ -14,7 +14,7 @@ from lowrank_optax._src import linalg
 _randomized = jax.jit(
     lowrank.randomized_factors,
     static_argnums=1,
-    static_argnames=("oversampling", "power_iterations"),
+    static_argnames=("oversampling", "power_iterations", "sides"),
 )
 _svd = jax.jit(lowrank.svd_factors, static_argnums=1)
 
@@ -250,6 +250,102 @@ class RandomizedFactorsTest(parameterized.TestCase):
             ref_u, ref_vh = svd_basis(g[b], 2)
             np.testing.assert_allclose(np.asarray(u[b]), ref_u, atol=1e-4)
             np.testing.assert_allclose(np.asarray(vh[b]), ref_vh, atol=1e-4)
+
+
+class OneSidedRandomizedTest(parameterized.TestCase):
+    """``sides='left'``/``'right'``: one basis, sketched on its own side, same convention."""
+
+    @parameterized.product(case=SPAN_CASES, side=("left", "right"))
+    def test_one_basis_orthonormal_exact_span_and_canonical(self, case, side):
+        m, n, k, r, oversampling = case
+        g = _low_rank(m, n, k, seed=m + n)
+        u, vh = _randomized(
+            jnp.asarray(g), r, jax.random.PRNGKey(1), oversampling=oversampling, sides=side
+        )
+        ref_u, ref_vh = svd_basis(g, r)
+        if side == "left":
+            self.assertIsNone(vh)
+            self.assertEqual(u.shape, (m, r))
+            b, ref = np.asarray(u, np.float64), ref_u
+            np.testing.assert_allclose(b @ (b.T @ g), g, atol=1e-5)
+        else:
+            self.assertIsNone(u)
+            self.assertEqual(vh.shape, (r, n))
+            b, ref = np.asarray(vh, np.float64).T, ref_vh.T
+            np.testing.assert_allclose((g @ b) @ b.T, g, atol=1e-5)
+        np.testing.assert_allclose(b.T @ b, np.eye(r), atol=1e-5)
+        if k == r:  # the singular vectors themselves, signs set by the left vectors
+            np.testing.assert_allclose(b, ref, atol=1e-4)
+
+    @parameterized.parameters("left", "right")
+    def test_power_iterations_approach_svd(self, side):
+        rng = np.random.default_rng(10)
+        a = np.linalg.qr(rng.standard_normal((30, 20)))[0]
+        b = np.linalg.qr(rng.standard_normal((20, 20)))[0]
+        g = ((a * 0.7 ** np.arange(20)) @ b.T).astype(np.float32)
+        ref_u, ref_vh = svd_basis(g, 3)
+        ref = ref_u if side == "left" else ref_vh.T
+        errs = []
+        for q in (0, 4):
+            out = _randomized(
+                jnp.asarray(g),
+                3,
+                jax.random.PRNGKey(2),
+                oversampling=1,
+                power_iterations=q,
+                sides=side,
+            )
+            x = np.asarray(out[0] if side == "left" else out[1].T, np.float64)
+            errs.append(np.linalg.norm(x @ x.T - ref @ ref.T))
+        self.assertLess(errs[1], 0.1 * errs[0])
+        self.assertLess(errs[1], 1e-2)
+
+    def test_batched_one_sided_bases_are_independent(self):
+        g = np.stack([_low_rank(10, 6, 2, seed=s) for s in (20, 21, 22)])
+        _, vh = _randomized(jnp.asarray(g), 2, jax.random.PRNGKey(4), sides="right")
+        u, _ = _randomized(jnp.asarray(g), 2, jax.random.PRNGKey(4), sides="left")
+        for b in range(3):
+            ref_u, ref_vh = svd_basis(g[b], 2)
+            np.testing.assert_allclose(np.asarray(u[b]), ref_u, atol=1e-4)
+            np.testing.assert_allclose(np.asarray(vh[b]), ref_vh, atol=1e-4)
+
+    def test_invalid_sides_raises(self):
+        with self.assertRaisesRegex(ValueError, "`sides`.*'both', 'left', 'right'"):
+            lowrank.randomized_factors(jnp.ones((4, 3)), 2, jax.random.PRNGKey(0), sides="top")
+
+
+class FullPrecisionTest(parameterized.TestCase):
+    """Bases are computed with full-precision products whatever the default precision:
+    TF32 (GPU) or bf16 passes (TPU) would cost orthonormality at the 1e-3 level."""
+
+    @parameterized.parameters("both", "left", "right")
+    def test_every_product_is_highest_under_a_reduced_default(self, sides):
+        g, key = jnp.ones((12, 9)), jax.random.PRNGKey(0)
+        with jax.default_matmul_precision("tensorfloat32"):
+            text = (
+                jax.jit(
+                    lambda g, k: lowrank.randomized_factors(
+                        g, 3, k, power_iterations=1, sides=sides
+                    )
+                )
+                .lower(g, key)
+                .as_text()
+            )
+            outside = jax.jit(lambda a: a @ a.T).lower(g).as_text()
+        dots = [line for line in text.splitlines() if "dot_general" in line]
+        self.assertGreaterEqual(len(dots), 4)
+        for line in dots:
+            self.assertIn("precision = [HIGHEST, HIGHEST]", line)
+        # The setting is the library's own: it does not leak into the caller's code.
+        self.assertNotIn("HIGHEST", outside)
+
+    def test_qr_products_are_highest(self):
+        with jax.default_matmul_precision("bfloat16"):
+            text = jax.jit(linalg.qr_factors).lower(jnp.ones((12, 4))).as_text()
+        dots = [line for line in text.splitlines() if "dot_general" in line]
+        self.assertNotEmpty(dots)
+        for line in dots:
+            self.assertIn("precision = [HIGHEST, HIGHEST]", line)
 
 
 if __name__ == "__main__":

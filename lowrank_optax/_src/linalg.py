@@ -11,13 +11,20 @@ canonical form:
   Householder fallback is sign-corrected).
 
 Decompositions run in at least float32 (bf16/f16 inputs are upcast, float64
-stays float64). All functions accept leading batch axes.
+stays float64) and their matrix products at ``Precision.HIGHEST`` (see
+:func:`full_precision`). All functions accept leading batch axes.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 import jax
 import jax.numpy as jnp
+
+T = TypeVar("T")
 
 
 def decomposition_dtype(dtype: jnp.dtype) -> jnp.dtype:
@@ -25,24 +32,49 @@ def decomposition_dtype(dtype: jnp.dtype) -> jnp.dtype:
     return jnp.promote_types(dtype, jnp.float32)
 
 
-def canonicalize_signs(u: jax.Array, vh: jax.Array) -> tuple[jax.Array, jax.Array]:
+def full_precision(fn: Callable[..., T]) -> Callable[..., T]:
+    """Runs ``fn`` with ``jax_default_matmul_precision='highest'`` while it traces.
+
+    On GPU (TF32) and TPU (bf16 passes) JAX's default float32 matmuls keep about
+    10 mantissa bits; a Gram matrix or a basis product computed that way loses
+    orthonormality at the 1e-3 level. Decompositions therefore always run at full
+    precision; the projections of a normal step keep the user's setting.
+    """
+
+    @functools.wraps(fn)
+    def wrapped(*args: Any, **kwargs: Any) -> T:
+        with jax.default_matmul_precision("highest"):
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
+def _peak_signs(x: jax.Array) -> jax.Array:
+    """``(..., 1, k)`` signs making each column's largest-magnitude entry positive."""
+    peak = jnp.argmax(jnp.abs(x), axis=-2, keepdims=True)  # first index on ties
+    peak_value = jnp.take_along_axis(x, peak, axis=-2)
+    # Never multiply by zero: an all-zero column keeps sign +1.
+    return jnp.where(peak_value < 0, -1, 1).astype(x.dtype)
+
+
+def canonicalize_signs(u: jax.Array, vh: jax.Array | None) -> tuple[jax.Array, jax.Array | None]:
     """Flips singular-vector pairs so each column of ``u`` has a positive peak.
 
     Args:
       u: ``(..., m, k)`` left singular vectors (columns).
-      vh: ``(..., k, n)`` right singular vectors (rows).
+      vh: ``(..., k, n)`` right singular vectors (rows), or ``None``.
 
     Returns:
       ``(u, vh)`` with, for every j, ``u[..., argmax_i |u[i, j]|, j] >= 0``
       (first index on ties) and ``vh[..., j, :]`` flipped together with it.
     """
-    peak = jnp.argmax(jnp.abs(u), axis=-2, keepdims=True)  # (..., 1, k)
-    peak_value = jnp.take_along_axis(u, peak, axis=-2)  # (..., 1, k)
-    # Never multiply by zero: an all-zero column keeps sign +1.
-    sign = jnp.where(peak_value < 0, -1, 1).astype(u.dtype)
+    sign = _peak_signs(u)
+    if vh is None:
+        return u * sign, None
     return u * sign, vh * jnp.swapaxes(sign, -1, -2).astype(vh.dtype)
 
 
+@full_precision
 def positive_qr(y: jax.Array) -> jax.Array:
     """Orthonormal ``Q`` of ``y = QR`` with the convention ``diag(R) >= 0`` (Householder)."""
     return _householder_qr(y)[0]
@@ -66,6 +98,7 @@ def _cholesky_qr(y: jax.Array) -> tuple[jax.Array, jax.Array]:
     return y @ jnp.swapaxes(inverse, -1, -2), jnp.swapaxes(lower, -1, -2)
 
 
+@full_precision
 def qr_factors(y: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Thin QR of a tall ``y`` (``..., m, k`` with ``m >= k``) with ``diag(R) >= 0``.
 
@@ -96,6 +129,7 @@ def qr_factors(y: jax.Array) -> tuple[jax.Array, jax.Array]:
     )
 
 
+@full_precision
 def svd_factors(g: jax.Array, rank: int) -> tuple[jax.Array, jax.Array]:
     """Top-``rank`` canonical singular vectors of ``g`` by a thin SVD.
 
@@ -113,6 +147,70 @@ def svd_factors(g: jax.Array, rank: int) -> tuple[jax.Array, jax.Array]:
     return canonicalize_signs(u, vh)
 
 
+def _range_basis(
+    apply: Callable[[jax.Array], jax.Array],
+    apply_t: Callable[[jax.Array], jax.Array],
+    omega: jax.Array,
+    power_iterations: int,
+) -> jax.Array:
+    """Orthonormal ``Q`` approximating the range of the operator ``apply`` (``H·``).
+
+    ``Y = H Ω``, then ``power_iterations`` rounds of ``Y ← H qr(Hᵀ qr(Y))``.
+    """
+    q = qr_factors(apply(omega))[0]
+    for _ in range(power_iterations):
+        z = qr_factors(apply_t(q))[0]
+        q = qr_factors(apply(z))[0]
+    return q
+
+
+def _swap(x: jax.Array) -> jax.Array:
+    return jnp.swapaxes(x, -1, -2)
+
+
+def _one_side(
+    g: jax.Array,
+    side: str,
+    rank: int,
+    key: jax.Array,
+    oversampling: int,
+    power_iterations: int,
+) -> tuple[jax.Array, jax.Array]:
+    """Top-``rank`` singular vectors of ``g`` on one ``side``, and the other side's signs.
+
+    With ``H = G`` (left) or ``H = Gᵀ`` (right): ``Q`` from the range finder on
+    ``H``, ``Bᵀ = Hᵀ Q`` and the eigendecomposition of the ``K × K`` Gram matrix
+    ``B Bᵀ = Ũ S² Ũᵀ``: the vectors are ``Q Ũ_r`` and ``Bᵀ Ũ_r = V_r S_r`` holds
+    the other side's vectors scaled by ``σ`` (returned for their signs only).
+    An ``eigh`` of a ``K × K`` matrix replaces the SVD of a ``K × n`` one;
+    squaring ``B`` costs accuracy only in directions with ``σ ≲ √ε σ₁``, and
+    the basis stays orthonormal whatever the spectrum. ``G`` is never
+    transposed in memory: ``Gᵀ X`` is computed as ``(Xᵀ G)ᵀ`` (on CPU a
+    transposed 1024×2816 operand doubled the cost of the whole finder).
+
+    Returns:
+      ``(vectors, other)``: ``(..., a, rank)`` with ``a`` the side's dimension,
+      and ``(..., b, rank)`` the other side's ``σ``-scaled vectors.
+    """
+    m, n = g.shape[-2:]
+
+    def g_times(x: jax.Array) -> jax.Array:
+        return g @ x
+
+    def gt_times(x: jax.Array) -> jax.Array:  # Gᵀx as (xᵀG)ᵀ
+        return _swap(_swap(x) @ g)
+
+    apply, apply_t, inner = (g_times, gt_times, n) if side == "left" else (gt_times, g_times, m)
+    width = min(rank + oversampling, m, n)
+    omega = jax.random.normal(key, g.shape[:-2] + (inner, width), g.dtype)
+    q = _range_basis(apply, apply_t, omega, power_iterations)
+    bt = apply_t(q)  # (..., inner, K)
+    _, vecs = jnp.linalg.eigh(_swap(bt) @ bt)
+    top = vecs[..., ::-1][..., :rank]  # eigh is ascending
+    return q @ top, bt @ top
+
+
+@full_precision
 def randomized_factors(
     g: jax.Array,
     rank: int,
@@ -120,19 +218,30 @@ def randomized_factors(
     *,
     oversampling: int = 10,
     power_iterations: int = 1,
-) -> tuple[jax.Array, jax.Array]:
+    sides: str = "both",
+) -> tuple[jax.Array | None, jax.Array | None]:
     """Top-``rank`` canonical singular vectors of ``g`` by a randomized range finder.
 
     Halko, Martinsson and Tropp's range finder: with ``K = rank + oversampling``
     columns (capped at ``min(m, n)``), a Gaussian test matrix ``Ω``, ``Y = G Ω``,
     ``power_iterations`` rounds of ``Y ← G (Gᵀ Y)`` with QR re-orthonormalisation,
-    ``Q = qr(Y)``, ``B = Qᵀ G`` and ``svd(B)``. The sketch is taken from the
-    smaller side of ``g`` (the transpose is sketched when ``m > n``).
+    ``Q = qr(Y)``, ``B = Qᵀ G`` and the top-``rank`` singular vectors of ``B``
+    (``U ≈ Q Ũ_r``, ``Vᵀ ≈ Ṽᵀ_r``).
+
+    * ``sides='both'``: the sketch is taken from the smaller side of ``g`` (the
+      transpose is sketched when ``m > n``) and ``svd(B)`` through the QR of
+      ``Bᵀ`` and the SVD of its ``K × K`` factor.
+    * ``sides='left'`` / ``'right'`` (a one-sided projection needs one basis):
+      the side asked for is sketched, whichever is larger, and ``B``'s singular
+      vectors come from ``eigh(B Bᵀ)``, a ``K × K`` problem. The other factor is
+      not formed (returned as ``None``); its signs still fix the convention.
 
     Cost: ``2 + 2·power_iterations`` products with ``G`` (``m·n·K`` each); the
     rest is ``K``-sized. Every QR is :func:`qr_factors` (CholeskyQR2, Householder
-    when the sketch is ill-conditioned or rank-deficient), and ``svd(B)`` is taken
-    through the QR of ``Bᵀ`` and the SVD of its ``K × K`` factor.
+    when the sketch is ill-conditioned or rank-deficient). All matrix products
+    run at ``Precision.HIGHEST`` whatever ``jax_default_matmul_precision`` says
+    (reduced-precision passes would break the orthonormality of the basis on
+    GPU/TPU).
 
     Args:
       g: ``(..., m, n)`` matrix.
@@ -140,12 +249,26 @@ def randomized_factors(
       key: PRNG key for the Gaussian test matrix.
       oversampling: extra sketch columns (``>= 0``).
       power_iterations: subspace iterations (``>= 0``).
+      sides: ``'both'``, ``'left'`` or ``'right'``: the factors to compute.
 
     Returns:
-      ``(u, vh)`` of shapes ``(..., m, rank)`` and ``(..., rank, n)``.
+      ``(u, vh)`` of shapes ``(..., m, rank)`` and ``(..., rank, n)``, canonical
+      as :func:`canonicalize_signs` says; ``None`` for a side not computed.
+
+    Raises:
+      ValueError: if ``sides`` is not one of the three names.
     """
+    if sides not in ("both", "left", "right"):
+        raise ValueError(f"`sides` must be one of 'both', 'left', 'right'; got {sides!r}.")
     g = g.astype(decomposition_dtype(g.dtype))
     m, n = g.shape[-2:]
+    if sides == "left":
+        u, _ = _one_side(g, "left", rank, key, oversampling, power_iterations)
+        return canonicalize_signs(u, None)[0], None
+    if sides == "right":
+        v, us = _one_side(g, "right", rank, key, oversampling, power_iterations)
+        # The convention is set by the left vectors; us's columns are σ_j u_j.
+        return None, _swap(v * _peak_signs(us))
     if m > n:  # sketch the column space of the transpose: QR on the smaller side
         v, uh = randomized_factors(
             jnp.swapaxes(g, -1, -2),
@@ -158,12 +281,8 @@ def randomized_factors(
         return canonicalize_signs(u, vh)
     width = min(rank + oversampling, m, n)
     omega = jax.random.normal(key, g.shape[:-2] + (n, width), g.dtype)
-    q = qr_factors(g @ omega)[0]
-    gt = jnp.swapaxes(g, -1, -2)
-    for _ in range(power_iterations):
-        z = qr_factors(gt @ q)[0]
-        q = qr_factors(g @ z)[0]
-    b = jnp.swapaxes(q, -1, -2) @ g  # (..., K, n)
+    q = _range_basis(lambda x: g @ x, lambda x: _swap(_swap(x) @ g), omega, power_iterations)
+    b = _swap(q) @ g  # (..., K, n)
     # svd(B) through the QR of Bᵀ = Q_b R_b: B = R_bᵀ Q_bᵀ and only the K×K R_bᵀ
     # needs an SVD (R_bᵀ = U_r S V_rᵀ gives B = U_r S (Q_b V_r)ᵀ).
     qb, rb = qr_factors(jnp.swapaxes(b, -1, -2))  # (..., n, K), (..., K, K)

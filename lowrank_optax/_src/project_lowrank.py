@@ -310,12 +310,17 @@ def project_lowrank(
         if projector == "svd":
             u, vh = svd_factors(g2, plan.rank)
         else:
+            # A one-sided projection sketches only the side it keeps.
+            sides = {(True, False): "left", (False, True): "right"}.get(
+                (old.left is not None, old.right is not None), "both"
+            )
             u, vh = randomized_factors(
                 g2,
                 plan.rank,
                 key,
                 oversampling=oversampling,
                 power_iterations=power_iterations,
+                sides=sides,
             )
         usable = jnp.all(jnp.isfinite(g2), axis=(-2, -1)) & jnp.any(g2 != 0, axis=(-2, -1))
         usable = usable[..., None, None]
