@@ -286,5 +286,37 @@ class BasesTest(parameterized.TestCase):
         np.testing.assert_allclose(q.T @ q, np.eye(4), atol=1e-5)
 
 
+class FullPrecisionTest(absltest.TestCase):
+    """Basis maintenance runs at Precision.HIGHEST under a reduced default precision
+    (TF32 on GPU); the caller's own products keep the caller's setting."""
+
+    @staticmethod
+    def _dots(text):
+        return [line for line in text.splitlines() if "dot_general" in line]
+
+    def test_eigh_update_products_are_highest(self):
+        rng = np.random.default_rng(0)
+        q = jnp.asarray(orthonormal(rng, 12, 3), jnp.float32)
+        y = jnp.asarray(rng.normal(size=(12, 2)), jnp.float32)
+        args = (q, jnp.ones(3), jnp.ones(3, bool), y, jnp.ones(2), jnp.ones(2, bool))
+        with jax.default_matmul_precision("tensorfloat32"):
+            text = jax.jit(linalg.eigh_update).lower(*args).as_text()
+        dots = self._dots(text)
+        self.assertNotEmpty(dots)
+        for line in dots:
+            self.assertIn("precision = [HIGHEST, HIGHEST]", line)
+
+    def test_lre_step_keeps_basis_updates_at_highest(self):
+        tx = lowrank.lre(0.1)
+        params = {"w": jnp.ones((6, 4))}
+        state = tx.init(params)
+        with jax.default_matmul_precision("tensorfloat32"):
+            text = jax.jit(tx.update).lower(params, state, params).as_text()
+        dots = self._dots(text)
+        highest = [line for line in dots if "HIGHEST" in line]
+        self.assertNotEmpty(highest)
+        self.assertLess(len(highest), len(dots))  # the step's projections keep the default
+
+
 if __name__ == "__main__":
     absltest.main()

@@ -16,6 +16,7 @@ from optax.tree_utils import _state_utils
 from lowrank_optax._src import validation as v
 from lowrank_optax._src.adam_in_basis import scale_by_adam_in_basis
 from lowrank_optax._src.basis_rotation import BasisRotation
+from lowrank_optax._src.linalg import full_precision
 from lowrank_optax._src.lre import bases as bases_lib
 from lowrank_optax._src.lre import curvatures as curvatures_lib
 from lowrank_optax._src.lre import flatten
@@ -459,6 +460,9 @@ def eigenbasis_update(
             ]
             return (bstates, lam_old, valid_old, acc_old, acc_valid_old, has_old, rot, no, proj)
 
+        # Basis maintenance at full precision whatever jax_default_matmul_precision
+        # says (TF32/bf16 passes would erode the basis's orthonormality).
+        do_update = full_precision(do_update)
         if always_update:  # static: no cond (also keeps eager-mode updates cheap)
             updated = do_update()
         else:

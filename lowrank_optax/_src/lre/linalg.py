@@ -19,6 +19,10 @@ contracting ``n`` a replicated result, :func:`match` lays a freshly drawn
 ``(n, ·)`` array out like the state it combines with, and QR factorisations of
 ``(n, m)`` matrices run on a replicated copy (the result is laid out as its
 input). Off Explicit meshes these helpers are the plain operations.
+
+Basis computations run their products at ``Precision.HIGHEST``
+(:func:`~lowrank_optax._src.linalg.full_precision`): on GPU/TPU the default
+float32 matmul keeps ~10 mantissa bits and orthonormality would drift at 1e-3.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from lowrank_optax._src import sharding
-from lowrank_optax._src.linalg import positive_qr
+from lowrank_optax._src.linalg import full_precision, positive_qr
 
 # A column whose component outside span(Q) is smaller than this (relative to the
 # column's norm) is considered to lie in span(Q).
@@ -131,6 +135,7 @@ def regularize(
     return jnp.where(valid, lam + shift, 0), valid
 
 
+@full_precision
 def orthonormal_completion(
     q: jax.Array, cols: jax.Array, cols_valid: jax.Array
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -197,6 +202,7 @@ def masked_eigh(b: jax.Array, coord_valid: jax.Array) -> tuple[jax.Array, jax.Ar
     return jnp.where(eig_valid, lam, 0), s, eig_valid
 
 
+@full_precision
 def eigh_update(
     q: jax.Array,
     eigenvalues: jax.Array,
@@ -249,6 +255,7 @@ def eigh_update(
     return lam, eig_valid, s, v
 
 
+@full_precision
 def select_columns(
     q: jax.Array,
     v: jax.Array,
@@ -272,6 +279,7 @@ def select_columns(
     return q_new, jnp.where(valid_new, eigenvalues[idx], 0), valid_new, s_sel
 
 
+@full_precision
 def orthonormalize(a: jax.Array) -> jax.Array:
     """Orthonormal basis of ``a``'s columns by QR (diag(R) ≥ 0), padded to ``a``'s width.
 
@@ -285,6 +293,7 @@ def orthonormalize(a: jax.Array) -> jax.Array:
     return match(q, a)
 
 
+@full_precision
 def orthogonality_error(q: jax.Array, valid: jax.Array) -> jax.Array:
     """``mean((QᵀQ − diag(valid))²)``: the reference's re-orthogonalisation trigger."""
     g = contract(q.T, q)
