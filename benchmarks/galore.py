@@ -17,6 +17,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from typing import Any
@@ -132,8 +133,11 @@ def main(argv: list[str] | None = None) -> None:
     params = make_params(shapes)
     grads = make_params(shapes, seed=1)
     r, gap, lr = args.rank, args.gap, 1e-3
+    # jaxlib's CPU LAPACK kernels run on scipy's OpenBLAS, whose idle threads
+    # spin against XLA's own: the setting changes every timing here (see the guide).
+    blas = os.environ.get("OPENBLAS_NUM_THREADS", "unset")
     print(
-        f"jax {jax.__version__} on {jax.devices()[0].platform}; "
+        f"jax {jax.__version__} on {jax.devices()[0].platform}; OPENBLAS_NUM_THREADS={blas}; "
         f"{len(shapes)} matrices, {sum(m * n for m, n in shapes) / 1e6:.1f}M params, "
         f"rank {r}, gap {gap}\n"
     )

@@ -101,8 +101,7 @@ def _rotation(plan: LeafPlan, new: LeafBasis, old: LeafBasis, apply: jax.Array) 
 def _after(x: jax.Array, previous: jax.Array, count: jax.Array) -> jax.Array:
     """``x`` unchanged, but data-dependent on ``previous`` (a scheduling hint).
 
-    ``x`` is an array (an exact zero is added) or a boolean predicate (an
-    always-false term is or-ed in).
+    An exact zero is added to ``x`` (a float, or an integer PRNG key).
 
     XLA's CPU backend schedules breadth-first by default
     (``--xla_cpu_enable_concurrency_optimized_scheduler``): every leaf's full-size
@@ -118,8 +117,6 @@ def _after(x: jax.Array, previous: jax.Array, count: jax.Array) -> jax.Array:
     be a transfer).
     """
     first = previous[(0,) * previous.ndim]
-    if x.dtype == jnp.bool_:
-        return x | ((count < 0) & (first != 0))
     zero = jnp.where(count < 0, first, 0)
     return x + zero.astype(x.dtype)
 
@@ -343,29 +340,27 @@ def project_lowrank(
     ) -> tuple[dict[str, LeafBasis], jax.Array]:
         """Bases after this step's refresh decision, and the next PRNG key.
 
-        One ``lax.cond`` per leaf rather than one for the whole tree, run one
-        after the other (see :func:`_after`): only one leaf's decomposition
-        workspace is live at a time (on the LLaMA-block benchmark the step's
-        temporary memory drops from 92 MB to 32 MB) and the LAPACK calls of
-        different leaves do not compete for the same cores.
+        One independent ``lax.cond`` per leaf. Measured on the LLaMA-block
+        benchmark (CPU), this beats both one ``cond`` for the whole tree and
+        per-leaf conds chained one after the other: a normal step's untaken
+        branches (copies of the bases) overlap the other leaves' work instead
+        of serialising the step (~5-10 % of it), and the step's temporary
+        memory is the smallest of the three: 31.5 MB with the SVD and 11.5 MB
+        with the randomized projector, against 42.5 / 18.2 MB chained and
+        59 / 29 MB for a single cond (``optax.contrib.galore``: 28 MB).
         """
         key, sub = jax.random.split(state.key)
         bases = {}
-        previous = None
-        sequence = jax.default_backend() == "cpu"
         for i, (k, g, p) in enumerate(zip(keys, leaves, plans, strict=True)):
             if p is None:
                 continue
-            leaf_key = jax.random.fold_in(sub, i)
-            pred = refresh
-            if sequence and previous is not None and p.spec is None:
-                pred = _after(pred, previous, state.count)
             bases[k] = jax.lax.cond(
-                pred,
-                lambda g=g, p=p, k=k, leaf_key=leaf_key: leaf_basis(g, p, state.bases[k], leaf_key),
+                refresh,
+                lambda g=g, p=p, k=k, i=i: leaf_basis(
+                    g, p, state.bases[k], jax.random.fold_in(sub, i)
+                ),
                 lambda k=k: state.bases[k],
             )
-            previous = next(b for b in bases[k] if b is not None)
         if projector == "randomized":
             key = jnp.where(refresh, key, state.key)
         else:
