@@ -169,6 +169,19 @@ class QrFactorsTest(parameterized.TestCase):
         q, r = _qr(jnp.asarray(y))
         self._check(y, q, r, atol=2e-5)
 
+    @parameterized.parameters(0.0, 2.0, 3.5, 5.0, 7.0)
+    def test_orthonormal_to_working_precision_across_conditioning(self, decades):
+        # The fast path is accepted up to κ ≈ 10^3.5 in float32 and the fallback takes
+        # over beyond; either way Q is as orthonormal as a Householder Q (~4e-7 here).
+        rng = np.random.default_rng(17)
+        a = np.linalg.qr(rng.standard_normal((500, 40)))[0]
+        b = np.linalg.qr(rng.standard_normal((40, 40)))[0]
+        y = ((a * np.logspace(0, -decades, 40)) @ b).astype(np.float32)
+        q, r = _qr(jnp.asarray(y))
+        q = np.asarray(q, np.float64)
+        self.assertLess(np.abs(q.T @ q - np.eye(40)).max(), 2e-6)
+        np.testing.assert_allclose(q @ np.asarray(r), y, atol=5e-6 * np.abs(y).max())
+
     def test_zero_matrix_gives_finite_orthonormal_q(self):
         q, r = _qr(jnp.zeros((10, 3)))
         self.assertTrue(np.all(np.isfinite(np.asarray(q))))
