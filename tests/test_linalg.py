@@ -116,6 +116,19 @@ class SvdFactorsTest(parameterized.TestCase):
         self.assertTrue(np.all(np.isfinite(np.asarray(u))))
         self.assertTrue(np.all(np.isfinite(np.asarray(vh))))
 
+    @parameterized.parameters(np.inf, -np.inf, np.nan)
+    def test_non_finite_matrix_gives_nan_factors_and_returns(self, bad):
+        # LAPACK's gesdd never returns on a wide float32 matrix with an infinity (3×5
+        # here): the library must not call it on one. Batch elements are independent.
+        g = np.stack([_random((3, 5), seed=s) for s in (30, 31)])
+        g[1, 0, 3] = bad
+        u, vh = _svd(jnp.asarray(g), 2)
+        ref_u, ref_vh = svd_basis(g[0], 2)
+        np.testing.assert_allclose(np.asarray(u[0]), ref_u, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(vh[0]), ref_vh, atol=1e-5)
+        self.assertTrue(np.all(np.isnan(np.asarray(u[1]))))
+        self.assertTrue(np.all(np.isnan(np.asarray(vh[1]))))
+
 
 class PositiveQrTest(absltest.TestCase):
     def test_diagonal_of_r_is_nonnegative(self):
@@ -321,6 +334,28 @@ class OneSidedRandomizedTest(parameterized.TestCase):
             ref_u, ref_vh = svd_basis(g[b], 2)
             np.testing.assert_allclose(np.asarray(u[b]), ref_u, atol=1e-4)
             np.testing.assert_allclose(np.asarray(vh[b]), ref_vh, atol=1e-4)
+
+    @parameterized.parameters("both", "left", "right")
+    def test_usability_flag_read_from_the_sketch(self, sides):
+        g = np.stack([_random((9, 7), seed=s) for s in range(5)])
+        g[1, 3, 2] = np.nan
+        g[2, 0, 6] = np.inf
+        g[3] = 0.0
+        g[4, 8, 0] = -np.inf
+        _, _, usable = linalg.randomized_factors_checked(
+            jnp.asarray(g), 2, jax.random.PRNGKey(5), sides=sides
+        )
+        np.testing.assert_array_equal(np.asarray(usable), [True, False, False, False, False])
+
+    @parameterized.product(sides=("both", "left", "right"), bad=(np.inf, np.nan))
+    def test_non_finite_matrix_gives_nan_factors(self, sides, bad):
+        g = np.stack([_low_rank(4, 7, 2, seed=s) for s in (32, 33)])
+        g[1, 2, 5] = bad
+        out = _randomized(jnp.asarray(g), 2, jax.random.PRNGKey(6), sides=sides)
+        for x in out:
+            if x is not None:
+                self.assertTrue(np.all(np.isfinite(np.asarray(x[0]))))
+                self.assertTrue(np.all(np.isnan(np.asarray(x[1]))))
 
     def test_invalid_sides_raises(self):
         with self.assertRaisesRegex(ValueError, "`sides`.*'both', 'left', 'right'"):

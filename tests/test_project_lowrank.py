@@ -548,13 +548,18 @@ class InjectHyperparamsTest(parameterized.TestCase):
         self.assertAlmostEqual(float(state.hyperparams["learning_rate"]), 0.05)
 
 
-class DegenerateInputTest(absltest.TestCase):
-    def test_zero_gradient(self):
+class DegenerateInputTest(parameterized.TestCase):
+    # The randomized projector reads usability from its sketch, the SVD from a scan
+    # of the gradient: both must keep the previous basis.
+    @parameterized.parameters("svd", "randomized")
+    def test_zero_gradient(self, projector):
         gap = 2
         seq = _grad_seq({"w": (6, 4), "v": (3, 5)}, 5, seed=12)
         seq[0] = jax.tree.map(np.zeros_like, seq[0])  # zero at the first refresh
         seq[4] = jax.tree.map(np.zeros_like, seq[4])  # zero at a later refresh
-        tx = lowrank.project_lowrank(optax.scale_by_adam(), rank=2, update_proj_gap=gap)
+        tx = lowrank.project_lowrank(
+            optax.scale_by_adam(), rank=2, update_proj_gap=gap, projector=projector
+        )
         updates, states = _trajectory(tx, seq)
         # Step 0: no NaN; the basis falls back to the first r canonical unit vectors; zero update.
         np.testing.assert_array_equal(np.asarray(states[1].bases["['w']"].right), np.eye(2, 4))
@@ -571,11 +576,14 @@ class DegenerateInputTest(absltest.TestCase):
             for x in jax.tree.leaves(s):
                 self.assertTrue(np.all(np.isfinite(np.asarray(x, np.float64))))
 
-    def test_nan_gradient_keeps_basis_and_apply_if_finite_skips(self):
+    @parameterized.parameters("svd", "randomized")
+    def test_nan_gradient_keeps_basis_and_apply_if_finite_skips(self, projector):
         gap = 2
         seq = _grad_seq({"w": (6, 4), "b": (4,)}, 4, seed=13)
         seq[2]["w"][1, 2] = np.nan  # at a refresh step
-        tx = lowrank.project_lowrank(optax.scale_by_adam(), rank=2, update_proj_gap=gap)
+        tx = lowrank.project_lowrank(
+            optax.scale_by_adam(), rank=2, update_proj_gap=gap, projector=projector
+        )
         updates, states = _trajectory(tx, seq)
         np.testing.assert_array_equal(
             np.asarray(states[3].bases["['w']"].right), np.asarray(states[2].bases["['w']"].right)
@@ -592,6 +600,30 @@ class DegenerateInputTest(absltest.TestCase):
         self.assertEqual(int(s_states[3].total_notfinite), 1)
         self.assertTrue(all(np.all(np.isfinite(u[k])) for u in s_updates for k in u))
         test_utils.assert_trees_all_close(s_updates[:2], updates[:2])
+
+    @parameterized.product(
+        projector=("svd", "randomized"),
+        proj_type=("std", "reverse_std", "full"),
+        bad=(np.nan, np.inf, -np.inf),
+    )
+    def test_non_finite_gradient_keeps_every_basis(self, projector, proj_type, bad):
+        seq = _grad_seq({"w": (6, 4), "v": (3, 5)}, 3, seed=15)
+        seq[2]["w"][4, 1] = bad  # at the second refresh (gap 2)
+        seq[2]["v"][0, 3] = bad
+        tx = lowrank.project_lowrank(
+            optax.scale_by_adam(),
+            rank=2,
+            update_proj_gap=2,
+            projector=projector,
+            proj_type=proj_type,
+        )
+        _, states = _trajectory(tx, seq)
+        for key in ("['w']", "['v']"):
+            before, after = _basis_arrays(states[2], key), _basis_arrays(states[3], key)
+            self.assertNotEmpty(after)
+            for a, b in zip(before, after, strict=True):
+                np.testing.assert_array_equal(a, b)
+                self.assertTrue(np.all(np.isfinite(b)))
 
     def test_rank_larger_than_matrix_is_clipped(self):
         grads = _grad_seq({"w": (6, 4), "v": (3, 5)}, 1, seed=14)

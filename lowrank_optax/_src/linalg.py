@@ -130,6 +130,7 @@ def qr_factors(y: jax.Array) -> tuple[jax.Array, jax.Array]:
       ``(q, r)`` of shapes ``(..., m, k)`` and ``(..., k, k)``.
     """
     k = y.shape[-1]
+    y, _ = _finite_or_zero(y)  # a non-finite y gets the QR of zero (no LAPACK on NaN)
     q1, r1, _ = _cholesky_qr(y)
     q2, r2, gram1 = _cholesky_qr(q1)
     departure = jnp.sqrt(jnp.sum(jnp.square(gram1 - jnp.eye(k, dtype=y.dtype))))
@@ -151,12 +152,29 @@ def svd_factors(g: jax.Array, rank: int) -> tuple[jax.Array, jax.Array]:
 
     Returns:
       ``(u, vh)`` of shapes ``(..., m, rank)`` and ``(..., rank, n)`` in the
-      decomposition dtype (see :func:`decomposition_dtype`).
+      decomposition dtype (see :func:`decomposition_dtype`). A matrix with a
+      NaN or an infinity gives NaN factors: LAPACK's SVD is never called on it
+      (``gesdd`` loops forever on some wide matrices holding an infinity).
     """
     g = g.astype(decomposition_dtype(g.dtype))
+    g, finite = _finite_or_zero(g)
     u, _, vh = jnp.linalg.svd(g, full_matrices=False)
-    u, vh = u[..., :rank], vh[..., :rank, :]
-    return canonicalize_signs(u, vh)
+    u, vh = canonicalize_signs(u[..., :rank], vh[..., :rank, :])
+    return _nan_where_not(finite, u), _nan_where_not(finite, vh)
+
+
+def _finite_or_zero(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``x`` with every matrix holding a NaN/infinity zeroed, and the finite mask.
+
+    LAPACK routines may not return on non-finite input (``gesdd`` loops forever
+    on some wide matrices with an infinity), so none is ever given one.
+    """
+    finite = jnp.all(jnp.isfinite(x), axis=(-2, -1))
+    return jnp.where(finite[..., None, None], x, 0), finite
+
+
+def _nan_where_not(ok: jax.Array, x: jax.Array) -> jax.Array:
+    return jnp.where(ok[..., None, None], x, jnp.nan)
 
 
 def _range_basis(
@@ -164,16 +182,23 @@ def _range_basis(
     apply_t: Callable[[jax.Array], jax.Array],
     omega: jax.Array,
     power_iterations: int,
-) -> jax.Array:
+) -> tuple[jax.Array, jax.Array]:
     """Orthonormal ``Q`` approximating the range of the operator ``apply`` (``H·``).
 
     ``Y = H Ω``, then ``power_iterations`` rounds of ``Y ← H qr(Hᵀ qr(Y))``.
+    Also returns whether ``H`` is usable (batch-shaped booleans): ``Y`` finite and
+    not zero. A NaN or infinity in ``H`` makes its rows of ``Y`` non-finite and a
+    nonzero ``H`` has ``H Ω ≠ 0`` (both with probability 1 over the Gaussian
+    ``Ω``), so the thin sketch answers what a scan of ``H`` would, for ``1/K`` of
+    the memory traffic (a scan of the gradients was ~15 % of a randomized refresh).
     """
-    q = qr_factors(apply(omega))[0]
+    y = apply(omega)
+    usable = jnp.all(jnp.isfinite(y), axis=(-2, -1)) & jnp.any(y != 0, axis=(-2, -1))
+    q = qr_factors(y)[0]
     for _ in range(power_iterations):
         z = qr_factors(apply_t(q))[0]
         q = qr_factors(apply(z))[0]
-    return q
+    return q, usable
 
 
 def _swap(x: jax.Array) -> jax.Array:
@@ -187,7 +212,7 @@ def _one_side(
     key: jax.Array,
     oversampling: int,
     power_iterations: int,
-) -> tuple[jax.Array, jax.Array]:
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Top-``rank`` singular vectors of ``g`` on one ``side``, and the other side's signs.
 
     With ``H = G`` (left) or ``H = Gᵀ`` (right): ``Q`` from the range finder on
@@ -201,8 +226,9 @@ def _one_side(
     transposed 1024×2816 operand doubled the cost of the whole finder).
 
     Returns:
-      ``(vectors, other)``: ``(..., a, rank)`` with ``a`` the side's dimension,
-      and ``(..., b, rank)`` the other side's ``σ``-scaled vectors.
+      ``(vectors, other, usable)``: ``(..., a, rank)`` with ``a`` the side's
+      dimension, ``(..., b, rank)`` the other side's ``σ``-scaled vectors, and
+      the usability flag of :func:`_range_basis`.
     """
     m, n = g.shape[-2:]
 
@@ -215,14 +241,59 @@ def _one_side(
     apply, apply_t, inner = (g_times, gt_times, n) if side == "left" else (gt_times, g_times, m)
     width = min(rank + oversampling, m, n)
     omega = jax.random.normal(key, g.shape[:-2] + (inner, width), g.dtype)
-    q = _range_basis(apply, apply_t, omega, power_iterations)
+    q, usable = _range_basis(apply, apply_t, omega, power_iterations)
     bt = apply_t(q)  # (..., inner, K)
-    _, vecs = jnp.linalg.eigh(_swap(bt) @ bt)
+    _, vecs = jnp.linalg.eigh(_finite_or_zero(_swap(bt) @ bt)[0])
     top = vecs[..., ::-1][..., :rank]  # eigh is ascending
-    return q @ top, bt @ top
+    return q @ top, bt @ top, usable
 
 
 @full_precision
+def randomized_factors_checked(
+    g: jax.Array,
+    rank: int,
+    key: jax.Array,
+    *,
+    oversampling: int = 10,
+    power_iterations: int = 1,
+    sides: str = "both",
+) -> tuple[jax.Array | None, jax.Array | None, jax.Array]:
+    """:func:`randomized_factors` and whether ``g`` was usable (finite, nonzero).
+
+    The flag (batch-shaped booleans) is read from the sketch ``G Ω``, not from a
+    scan of ``G``: see :func:`_range_basis`.
+    """
+    if sides not in ("both", "left", "right"):
+        raise ValueError(f"`sides` must be one of 'both', 'left', 'right'; got {sides!r}.")
+    g = g.astype(decomposition_dtype(g.dtype))
+    m, n = g.shape[-2:]
+    if sides == "left":
+        u, _, usable = _one_side(g, "left", rank, key, oversampling, power_iterations)
+        return canonicalize_signs(u, None)[0], None, usable
+    if sides == "right":
+        v, us, usable = _one_side(g, "right", rank, key, oversampling, power_iterations)
+        # The convention is set by the left vectors; us's columns are σ_j u_j.
+        return None, _swap(v * _peak_signs(us)), usable
+    if m > n:  # sketch the column space of the transpose: QR on the smaller side
+        v, uh, usable = randomized_factors_checked(
+            _swap(g), rank, key, oversampling=oversampling, power_iterations=power_iterations
+        )
+        u, vh = canonicalize_signs(_swap(uh), _swap(v))
+        return u, vh, usable
+    width = min(rank + oversampling, m, n)
+    omega = jax.random.normal(key, g.shape[:-2] + (n, width), g.dtype)
+    q, usable = _range_basis(
+        lambda x: g @ x, lambda x: _swap(_swap(x) @ g), omega, power_iterations
+    )
+    b = _swap(q) @ g  # (..., K, n)
+    # svd(B) through the QR of Bᵀ = Q_b R_b: B = R_bᵀ Q_bᵀ and only the K×K R_bᵀ
+    # needs an SVD (R_bᵀ = U_r S V_rᵀ gives B = U_r S (Q_b V_r)ᵀ).
+    qb, rb = qr_factors(_swap(b))  # (..., n, K), (..., K, K)
+    ur, _, vrh = jnp.linalg.svd(_finite_or_zero(_swap(rb))[0])
+    u, vh = canonicalize_signs(q @ ur[..., :rank], vrh[..., :rank, :] @ _swap(qb))
+    return u, vh, usable
+
+
 def randomized_factors(
     g: jax.Array,
     rank: int,
@@ -265,40 +336,32 @@ def randomized_factors(
 
     Returns:
       ``(u, vh)`` of shapes ``(..., m, rank)`` and ``(..., rank, n)``, canonical
-      as :func:`canonicalize_signs` says; ``None`` for a side not computed.
+      as :func:`canonicalize_signs` says; ``None`` for a side not computed. A
+      matrix with a NaN or an infinity gives NaN factors (no LAPACK routine
+      sees a non-finite input).
 
     Raises:
       ValueError: if ``sides`` is not one of the three names.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> import lowrank_optax as lowrank
+      >>> g = jnp.outer(jnp.arange(1.0, 7.0), jnp.ones(4))  # rank 1
+      >>> u, vh = lowrank.randomized_factors(g, 1, jax.random.PRNGKey(0))
+      >>> print(u.shape, vh.shape, bool(jnp.allclose(u @ (u.T @ g), g, atol=1e-5)))
+      (6, 1) (1, 4) True
+      >>> u, vh = lowrank.randomized_factors(g, 1, jax.random.PRNGKey(0), sides="left")
+      >>> vh is None
+      True
+
+    References:
+      Halko, Martinsson and Tropp, `Finding structure with randomness
+      <https://arxiv.org/abs/0909.4061>`_, SIAM Review 2011.
     """
-    if sides not in ("both", "left", "right"):
-        raise ValueError(f"`sides` must be one of 'both', 'left', 'right'; got {sides!r}.")
-    g = g.astype(decomposition_dtype(g.dtype))
-    m, n = g.shape[-2:]
-    if sides == "left":
-        u, _ = _one_side(g, "left", rank, key, oversampling, power_iterations)
-        return canonicalize_signs(u, None)[0], None
-    if sides == "right":
-        v, us = _one_side(g, "right", rank, key, oversampling, power_iterations)
-        # The convention is set by the left vectors; us's columns are σ_j u_j.
-        return None, _swap(v * _peak_signs(us))
-    if m > n:  # sketch the column space of the transpose: QR on the smaller side
-        v, uh = randomized_factors(
-            jnp.swapaxes(g, -1, -2),
-            rank,
-            key,
-            oversampling=oversampling,
-            power_iterations=power_iterations,
-        )
-        u, vh = jnp.swapaxes(uh, -1, -2), jnp.swapaxes(v, -1, -2)
-        return canonicalize_signs(u, vh)
-    width = min(rank + oversampling, m, n)
-    omega = jax.random.normal(key, g.shape[:-2] + (n, width), g.dtype)
-    q = _range_basis(lambda x: g @ x, lambda x: _swap(_swap(x) @ g), omega, power_iterations)
-    b = _swap(q) @ g  # (..., K, n)
-    # svd(B) through the QR of Bᵀ = Q_b R_b: B = R_bᵀ Q_bᵀ and only the K×K R_bᵀ
-    # needs an SVD (R_bᵀ = U_r S V_rᵀ gives B = U_r S (Q_b V_r)ᵀ).
-    qb, rb = qr_factors(jnp.swapaxes(b, -1, -2))  # (..., n, K), (..., K, K)
-    ur, _, vrh = jnp.linalg.svd(jnp.swapaxes(rb, -1, -2))
-    u = q @ ur[..., :rank]
-    vh = vrh[..., :rank, :] @ jnp.swapaxes(qb, -1, -2)
-    return canonicalize_signs(u, vh)
+    u, vh, _ = randomized_factors_checked(
+        g, rank, key, oversampling=oversampling, power_iterations=power_iterations, sides=sides
+    )
+    finite = jnp.all(jnp.isfinite(g), axis=(-2, -1))
+    u = None if u is None else _nan_where_not(finite, u)
+    vh = None if vh is None else _nan_where_not(finite, vh)
+    return u, vh

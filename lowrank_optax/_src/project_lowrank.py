@@ -12,7 +12,7 @@ from optax.tree_utils import _state_utils
 from lowrank_optax._src import sharding
 from lowrank_optax._src import validation as v
 from lowrank_optax._src.basis_rotation import BasisRotation, contains_basis_aware_state
-from lowrank_optax._src.linalg import randomized_factors, svd_factors
+from lowrank_optax._src.linalg import randomized_factors_checked, svd_factors
 from lowrank_optax._src.subspace import (
     DimsArg,
     LeafBasis,
@@ -306,12 +306,15 @@ def project_lowrank(
         g2 = sharding.reshard(plan.to_matrix(g), plan.decomposition_spec, g)
         if projector == "svd":
             u, vh = svd_factors(g2, plan.rank)
+            finite = jnp.all(jnp.isfinite(g2), axis=(-2, -1))
+            usable = finite & jnp.any(g2 != 0, axis=(-2, -1))
         else:
-            # A one-sided projection sketches only the side it keeps.
+            # A one-sided projection sketches only the side it keeps; usability is
+            # read from the sketch (no scan of the full gradient).
             sides = {(True, False): "left", (False, True): "right"}.get(
                 (old.left is not None, old.right is not None), "both"
             )
-            u, vh = randomized_factors(
+            u, vh, usable = randomized_factors_checked(
                 g2,
                 plan.rank,
                 key,
@@ -319,7 +322,6 @@ def project_lowrank(
                 power_iterations=power_iterations,
                 sides=sides,
             )
-        usable = jnp.all(jnp.isfinite(g2), axis=(-2, -1)) & jnp.any(g2 != 0, axis=(-2, -1))
         usable = usable[..., None, None]
         # Stored dtype (the params'), and the basis spec on a mesh.
         left = right = None
