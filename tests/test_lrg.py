@@ -161,6 +161,15 @@ class LrgFormulaTest(parameterized.TestCase):
         out, _ = _apply_lrg(lowrank.lrg(2), jnp.asarray(g))
         np.testing.assert_array_equal(np.asarray(out), g)  # NaN == NaN for this assert
 
+    @parameterized.parameters(np.inf, -np.inf)
+    def test_infinite_gradient_passes_through_and_returns(self, bad):
+        # An infinity alone (no NaN) in the padded 5×5 matrix: LAPACK's gesdd never
+        # returns on it, so the filter must not hand it over.
+        g = np.asarray(_random_leaves([(4, 5)])[0], np.float32)
+        g[0, 0] = bad
+        out, _ = _apply_lrg(lowrank.lrg(2), jnp.asarray(g))
+        np.testing.assert_array_equal(np.asarray(out), g)
+
     def test_empty_state_and_no_params_needed(self):
         tx = lowrank.lrg(3)
         params = {"w": jnp.ones((2, 3))}

@@ -67,7 +67,10 @@ def _low_rank_filter(flat: jax.Array, rank: int, svd_fn: SvdFn) -> jax.Array:
         return flat
     work_dtype = jnp.promote_types(flat.dtype, jnp.float32)
     matrix = jnp.pad(flat.astype(work_dtype), (0, side * side - n)).reshape(side, side)
-    u, s, vh = svd_fn(matrix)
+    finite = jnp.all(jnp.isfinite(matrix))
+    # LAPACK's SVD (gesdd) can loop forever on a matrix holding an infinity: it never
+    # sees one (a non-finite G is passed through below whatever the SVD returns).
+    u, s, vh = svd_fn(jnp.where(finite, matrix, 0))
     approx = jnp.matmul(
         u[:, :rank] * s[:rank].astype(work_dtype),
         vh[:rank, :],
@@ -76,7 +79,7 @@ def _low_rank_filter(flat: jax.Array, rank: int, svd_fn: SvdFn) -> jax.Array:
     # The reference falls back to the raw gradient when the SVD raises. jnp's SVD
     # returns NaNs instead of raising, so fall back whenever G_k is not finite
     # (this also passes a non-finite G through unchanged).
-    ok = jnp.all(jnp.isfinite(approx)) & jnp.all(jnp.isfinite(matrix))
+    ok = jnp.all(jnp.isfinite(approx)) & finite
     filtered = jnp.where(ok, approx, matrix)
     return filtered.reshape(-1)[:n].astype(flat.dtype)
 
