@@ -130,7 +130,7 @@ def qr_factors(y: jax.Array) -> tuple[jax.Array, jax.Array]:
       ``(q, r)`` of shapes ``(..., m, k)`` and ``(..., k, k)``.
     """
     k = y.shape[-1]
-    y, _ = _finite_or_zero(y)  # a non-finite y gets the QR of zero (no LAPACK on NaN)
+    y, _ = finite_or_zero(y)  # a non-finite y gets the QR of zero (no LAPACK on NaN)
     q1, r1, _ = _cholesky_qr(y)
     q2, r2, gram1 = _cholesky_qr(q1)
     departure = jnp.sqrt(jnp.sum(jnp.square(gram1 - jnp.eye(k, dtype=y.dtype))))
@@ -157,13 +157,13 @@ def svd_factors(g: jax.Array, rank: int) -> tuple[jax.Array, jax.Array]:
       (``gesdd`` loops forever on some wide matrices holding an infinity).
     """
     g = g.astype(decomposition_dtype(g.dtype))
-    g, finite = _finite_or_zero(g)
+    g, finite = finite_or_zero(g)
     u, _, vh = jnp.linalg.svd(g, full_matrices=False)
     u, vh = canonicalize_signs(u[..., :rank], vh[..., :rank, :])
     return _nan_where_not(finite, u), _nan_where_not(finite, vh)
 
 
-def _finite_or_zero(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+def finite_or_zero(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """``x`` with every matrix holding a NaN/infinity zeroed, and the finite mask.
 
     LAPACK routines may not return on non-finite input (``gesdd`` loops forever
@@ -243,7 +243,7 @@ def _one_side(
     omega = jax.random.normal(key, g.shape[:-2] + (inner, width), g.dtype)
     q, usable = _range_basis(apply, apply_t, omega, power_iterations)
     bt = apply_t(q)  # (..., inner, K)
-    _, vecs = jnp.linalg.eigh(_finite_or_zero(_swap(bt) @ bt)[0])
+    _, vecs = jnp.linalg.eigh(finite_or_zero(_swap(bt) @ bt)[0])
     top = vecs[..., ::-1][..., :rank]  # eigh is ascending
     return q @ top, bt @ top, usable
 
@@ -289,7 +289,7 @@ def randomized_factors_checked(
     # svd(B) through the QR of Bᵀ = Q_b R_b: B = R_bᵀ Q_bᵀ and only the K×K R_bᵀ
     # needs an SVD (R_bᵀ = U_r S V_rᵀ gives B = U_r S (Q_b V_r)ᵀ).
     qb, rb = qr_factors(_swap(b))  # (..., n, K), (..., K, K)
-    ur, _, vrh = jnp.linalg.svd(_finite_or_zero(_swap(rb))[0])
+    ur, _, vrh = jnp.linalg.svd(finite_or_zero(_swap(rb))[0])
     u, vh = canonicalize_signs(q @ ur[..., :rank], vrh[..., :rank, :] @ _swap(qb))
     return u, vh, usable
 

@@ -21,6 +21,7 @@ from jax.flatten_util import ravel_pytree
 from optax._src import base, numerics, utils
 
 from lowrank_optax._src import validation
+from lowrank_optax._src.linalg import finite_or_zero
 
 FlattenFn = Callable[[Any], tuple[jax.Array, Callable[[jax.Array], Any]]]
 SvdFn = Callable[[jax.Array], tuple[jax.Array, jax.Array, jax.Array]]
@@ -67,10 +68,10 @@ def _low_rank_filter(flat: jax.Array, rank: int, svd_fn: SvdFn) -> jax.Array:
         return flat
     work_dtype = jnp.promote_types(flat.dtype, jnp.float32)
     matrix = jnp.pad(flat.astype(work_dtype), (0, side * side - n)).reshape(side, side)
-    finite = jnp.all(jnp.isfinite(matrix))
     # LAPACK's SVD (gesdd) can loop forever on a matrix holding an infinity: it never
     # sees one (a non-finite G is passed through below whatever the SVD returns).
-    u, s, vh = svd_fn(jnp.where(finite, matrix, 0))
+    safe, finite = finite_or_zero(matrix)
+    u, s, vh = svd_fn(safe)
     approx = jnp.matmul(
         u[:, :rank] * s[:rank].astype(work_dtype),
         vh[:rank, :],

@@ -101,7 +101,7 @@ def _rotation(plan: LeafPlan, new: LeafBasis, old: LeafBasis, apply: jax.Array) 
 def _after(x: jax.Array, previous: jax.Array, count: jax.Array) -> jax.Array:
     """``x`` unchanged, but data-dependent on ``previous`` (a scheduling hint).
 
-    An exact zero is added to ``x`` (a float, or an integer PRNG key).
+    An exact zero is added to ``x``.
 
     XLA's CPU backend schedules breadth-first by default
     (``--xla_cpu_enable_concurrency_optimized_scheduler``): every leaf's full-size
@@ -305,8 +305,8 @@ def project_lowrank(
         # Decompositions need the matrix unsharded (batch axes may stay sharded).
         g2 = sharding.reshard(plan.to_matrix(g), plan.decomposition_spec, g)
         if projector == "svd":
-            u, vh = svd_factors(g2, plan.rank)
-            finite = jnp.all(jnp.isfinite(g2), axis=(-2, -1))
+            u, vh = svd_factors(g2, plan.rank)  # NaN factors for a non-finite g2
+            finite = jnp.all(jnp.isfinite(u), axis=(-2, -1))
             usable = finite & jnp.any(g2 != 0, axis=(-2, -1))
         else:
             # A one-sided projection sketches only the side it keeps; usability is
