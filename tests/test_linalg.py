@@ -251,11 +251,16 @@ class RandomizedFactorsTest(parameterized.TestCase):
         ref_u, _ = svd_basis(g, 3)
         errs = []
         for q in (0, 4):
-            u, _ = _randomized(
-                jnp.asarray(g), 3, jax.random.PRNGKey(2), oversampling=1, power_iterations=q
-            )
-            u = np.asarray(u, np.float64)
-            errs.append(np.linalg.norm(u @ u.T - ref_u @ ref_u.T))
+            # The error of one draw is random (a heavy tail over keys): take the
+            # median over eight keys.
+            err = []
+            for seed in range(8):
+                u, _ = _randomized(
+                    jnp.asarray(g), 3, jax.random.PRNGKey(seed), oversampling=1, power_iterations=q
+                )
+                u = np.asarray(u, np.float64)
+                err.append(np.linalg.norm(u @ u.T - ref_u @ ref_u.T))
+            errs.append(np.median(err))
         self.assertLess(errs[1], 0.1 * errs[0])
         self.assertLess(errs[1], 1e-2)
 
@@ -313,16 +318,19 @@ class OneSidedRandomizedTest(parameterized.TestCase):
         ref = ref_u if side == "left" else ref_vh.T
         errs = []
         for q in (0, 4):
-            out = _randomized(
-                jnp.asarray(g),
-                3,
-                jax.random.PRNGKey(2),
-                oversampling=1,
-                power_iterations=q,
-                sides=side,
-            )
-            x = np.asarray(out[0] if side == "left" else out[1].T, np.float64)
-            errs.append(np.linalg.norm(x @ x.T - ref @ ref.T))
+            err = []
+            for seed in range(8):  # median over keys: one draw's error has a heavy tail
+                out = _randomized(
+                    jnp.asarray(g),
+                    3,
+                    jax.random.PRNGKey(seed),
+                    oversampling=1,
+                    power_iterations=q,
+                    sides=side,
+                )
+                x = np.asarray(out[0] if side == "left" else out[1].T, np.float64)
+                err.append(np.linalg.norm(x @ x.T - ref @ ref.T))
+            errs.append(np.median(err))
         self.assertLess(errs[1], 0.1 * errs[0])
         self.assertLess(errs[1], 1e-2)
 

@@ -319,6 +319,12 @@ class ReductionTest(parameterized.TestCase):
         kw = dict(rank=2, update_proj_gap=3, proj_type="full", seed=4)
         tx = lowrank.lorenza(1e-2, weight_decay=0.1, rho=0.0, **kw)
         ref = galore_randomized_reference(1e-2, weight_decay=0.1, **kw)
+        self._compare(tx, ref, inject=False, exact=False)
+
+    def test_rho_zero_one_sided_is_randomized_galore_bitwise(self):
+        kw = dict(rank=2, update_proj_gap=3, proj_type="std", seed=4)
+        tx = lowrank.lorenza(1e-2, weight_decay=0.1, rho=0.0, **kw)
+        ref = galore_randomized_reference(1e-2, weight_decay=0.1, **kw)
         self._compare(tx, ref, inject=False)
 
     def test_injected_rho_zero_is_randomized_galore_bitwise(self):
@@ -339,9 +345,18 @@ class ReductionTest(parameterized.TestCase):
         )(learning_rate=1e-2, weight_decay=0.1, **kw)
         self._compare(tx, ref, inject=True)
 
-    def _compare(self, tx, ref, inject):
+    def _compare(self, tx, ref, inject, exact=True):
         # Separate jits: inside one jit XLA may fuse the two copies differently
         # (FMA contraction), which changes last bits without changing the maths.
+        #
+        # exact=False ('full'): at a refresh Uᵀ G V is diagonal in exact arithmetic
+        # (U, V are B's singular vectors), so its off-diagonal entries are round-off
+        # (~1e-8 here) and Adam maps them to lr·δ/(|δ| + eps) with eps = 1e-6: the
+        # last bits of the two programs' projections (XLA compiles the projection
+        # differently in the two programs) move those updates by up to lr·δ/eps
+        # ≈ 3e-4. Then the bases must still be bitwise equal, the Adam moments
+        # equal to float32 round-off, and the updates within 5e-4 (a real
+        # difference, e.g. a missing perturbation or another basis, is O(lr) = 1e-2).
         params = start_params()
         s_tx, s_ref = tx.init(params), ref.init(params)
 
@@ -360,12 +375,26 @@ class ReductionTest(parameterized.TestCase):
         for _ in range(7):
             u_tx, s_tx = step_tx(params, s_tx)
             u_ref, s_ref = step_ref(params, s_ref)
-            for a, b in zip(jax.tree.leaves(u_tx), jax.tree.leaves(u_ref), strict=True):
+            inner = s_tx.inner_state[0] if inject else s_tx[0]
+            inner_ref = s_ref.inner_state[0] if inject else s_ref[0]
+            for a, b in zip(
+                jax.tree.leaves(inner.bases), jax.tree.leaves(inner_ref.bases), strict=True
+            ):
                 np.testing.assert_array_equal(a, b)
+            if exact:
+                for a, b in zip(jax.tree.leaves(u_tx), jax.tree.leaves(u_ref), strict=True):
+                    np.testing.assert_array_equal(a, b)
+                np.testing.assert_array_equal(
+                    inner.inner_state.mu["w"], inner_ref.inner_state.mu["w"]
+                )
+            else:
+                np.testing.assert_array_equal(u_tx["b"], u_ref["b"])  # not projected
+                np.testing.assert_allclose(u_tx["w"], u_ref["w"], rtol=0, atol=5e-4)
+                for name in ("mu", "nu"):
+                    a = getattr(inner.inner_state, name)["w"]
+                    b = getattr(inner_ref.inner_state, name)["w"]
+                    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6 * np.abs(b).max())
             params = optax.apply_updates(params, u_ref)
-        inner = s_tx.inner_state[0] if inject else s_tx[0]
-        inner_ref = s_ref.inner_state[0] if inject else s_ref[0]
-        np.testing.assert_array_equal(inner.inner_state.mu["w"], inner_ref.inner_state.mu["w"])
 
 
 class CallCountAndDescentTest(parameterized.TestCase):
@@ -418,7 +447,9 @@ class CallCountAndDescentTest(parameterized.TestCase):
         self.assertEqual(counts["grad"], 61)
         self.assertEqual(counts["value_traces"], 2)
         self.assertLess(losses[1], losses[0])
-        self.assertLess(losses[-1], 0.3 * losses[0])
+        # Over 80 seeds the ratio after 60 steps was 0.18-0.35 (median 0.25): the
+        # subspace is random (rank 2 of 6, no oversampling), so leave room for it.
+        self.assertLess(losses[-1], 0.4 * losses[0])
 
     def test_rho_zero_makes_no_forward_pass(self):
         calls = []

@@ -84,10 +84,11 @@ class RangeFinderTest(parameterized.TestCase):
             jnp.asarray(g), RANK, key, oversampling=0, power_iterations=0
         )
         if m <= n:
-            omega = np.asarray(jax.random.normal(key, (n, RANK), jnp.float32), np.float64)
+            # Ωᵀ is drawn as K rows (the range finder keeps thin matrices as rows).
+            omega = np.asarray(jax.random.normal(key, (RANK, n), jnp.float32), np.float64).T
             basis, sketch = np.asarray(u, np.float64), g @ omega
         else:
-            omega = np.asarray(jax.random.normal(key, (m, RANK), jnp.float32), np.float64)
+            omega = np.asarray(jax.random.normal(key, (RANK, m), jnp.float32), np.float64).T
             basis, sketch = np.asarray(vh, np.float64).T, g.T @ omega
         q, _ = np.linalg.qr(sketch)
         np.testing.assert_allclose(basis @ basis.T, q @ q.T, atol=1e-4)

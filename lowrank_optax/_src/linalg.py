@@ -87,23 +87,58 @@ def _householder_qr(y: jax.Array) -> tuple[jax.Array, jax.Array]:
     return q * sign[..., None, :], r * sign[..., :, None]
 
 
-def _cholesky_qr(y: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """One CholeskyQR pass: ``R = chol(YᵀY)ᵀ``, ``Q = Y R⁻¹`` (``diag(R) > 0``).
+def _cholesky_rows(yt: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One CholeskyQR pass on rows: ``L = chol(Yᵀ Y)`` and ``L⁻¹``.
 
-    Returns ``(Q, R, YᵀY)``.
+    ``yt`` is ``Yᵀ`` (``..., k, m``); ``Qᵀ = L⁻¹ Yᵀ`` has orthonormal rows (up to
+    ``ε κ(Y)²``) and ``Y = Q Lᵀ``. Returns ``(L⁻¹, L, YᵀY)``. ``L⁻¹`` is formed
+    explicitly: applying it is then one matrix product, far cheaper on CPU than
+    a triangular solve with ``m`` right-hand sides.
     """
-    gram = jnp.swapaxes(y, -1, -2) @ y
+    gram = yt @ _swap(yt)
     lower = jnp.linalg.cholesky(gram)
-    # Q = Y L⁻ᵀ through the explicit k×k inverse: one matrix product, far cheaper on
-    # CPU than a triangular solve with m right-hand sides.
-    eye = jnp.broadcast_to(jnp.eye(y.shape[-1], dtype=y.dtype), lower.shape)
+    eye = jnp.broadcast_to(jnp.eye(yt.shape[-2], dtype=yt.dtype), lower.shape)
     inverse = jax.lax.linalg.triangular_solve(lower, eye, left_side=True, lower=True)
-    return y @ jnp.swapaxes(inverse, -1, -2), jnp.swapaxes(lower, -1, -2), gram
+    return inverse, lower, gram
 
 
 # CholeskyQR2 is accepted when the first pass's Q₁ has ‖Q₁ᵀQ₁ − I‖_F ≤ this: then
 # κ(Q₁)² ≤ 3 and the second pass is orthonormal to working precision.
 _FIRST_PASS_TOL = 0.5
+
+
+def _orthonormal_rows_deferred(yt: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """:func:`qr_factors` of ``Y = (yt)ᵀ`` with the last product left to the caller.
+
+    Returns ``(Wᵀ, T, R)`` with ``Qᵀ = T Wᵀ`` (orthonormal rows) and ``Y = Q R``:
+    ``Wᵀ = Q₁ᵀ`` and ``T = L₂⁻¹`` from CholeskyQR2's two passes, or ``Wᵀ = Qᵀ``
+    and ``T = I`` from the Householder fallback. ``T`` is well conditioned
+    (``κ(T)² ≤ 3`` when the fast path is taken), so a caller that only needs
+    ``Qᵀ X`` for a thin ``X``, or ``Q`` times a few columns, may apply ``T`` to
+    the ``k × k`` side and skip the ``k × k × m`` product that forms ``Qᵀ``.
+    The range finder keeps its thin matrices as ``k × m`` rows: on CPU every
+    product with the gradient is then a fast layout (a ``k``-row operand times
+    ``G`` or ``Gᵀ``) instead of ``Gᵀ X``, which ran at half the speed.
+    """
+    k = yt.shape[-2]
+    yt, _ = finite_or_zero(yt)  # a non-finite y gets the QR of zero (no LAPACK on NaN)
+    inverse1, lower1, _ = _cholesky_rows(yt)
+    q1t = inverse1 @ yt
+    inverse2, lower2, gram1 = _cholesky_rows(q1t)
+    departure = jnp.sqrt(jnp.sum(jnp.square(gram1 - jnp.eye(k, dtype=yt.dtype))))
+    ok = (departure <= _FIRST_PASS_TOL) & jnp.all(jnp.isfinite(inverse2))
+
+    def householder() -> tuple[jax.Array, jax.Array, jax.Array]:
+        q, r = _householder_qr(_swap(yt))
+        return _swap(q), jnp.broadcast_to(jnp.eye(k, dtype=yt.dtype), r.shape), r
+
+    return jax.lax.cond(ok, lambda: (q1t, inverse2, _swap(lower2) @ _swap(lower1)), householder)
+
+
+def _orthonormal_rows(yt: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """:func:`qr_factors` of ``Y`` given and returned transposed: ``(Qᵀ, R)`` from ``Yᵀ``."""
+    wt, transform, r = _orthonormal_rows_deferred(yt)
+    return transform @ wt, r
 
 
 @full_precision
@@ -129,17 +164,8 @@ def qr_factors(y: jax.Array) -> tuple[jax.Array, jax.Array]:
     Returns:
       ``(q, r)`` of shapes ``(..., m, k)`` and ``(..., k, k)``.
     """
-    k = y.shape[-1]
-    y, _ = finite_or_zero(y)  # a non-finite y gets the QR of zero (no LAPACK on NaN)
-    q1, r1, _ = _cholesky_qr(y)
-    q2, r2, gram1 = _cholesky_qr(q1)
-    departure = jnp.sqrt(jnp.sum(jnp.square(gram1 - jnp.eye(k, dtype=y.dtype))))
-    ok = (departure <= _FIRST_PASS_TOL) & jnp.all(jnp.isfinite(r2))
-    return jax.lax.cond(
-        ok,
-        lambda: (q2, r2 @ r1),
-        lambda: _householder_qr(y),
-    )
+    qt, r = _orthonormal_rows(_swap(y))
+    return _swap(qt), r
 
 
 @full_precision
@@ -177,75 +203,56 @@ def _nan_where_not(ok: jax.Array, x: jax.Array) -> jax.Array:
     return jnp.where(ok[..., None, None], x, jnp.nan)
 
 
-def _range_basis(
-    apply: Callable[[jax.Array], jax.Array],
-    apply_t: Callable[[jax.Array], jax.Array],
-    omega: jax.Array,
-    power_iterations: int,
-) -> tuple[jax.Array, jax.Array]:
-    """Orthonormal ``Q`` approximating the range of the operator ``apply`` (``H·``).
-
-    ``Y = H Ω``, then ``power_iterations`` rounds of ``Y ← H qr(Hᵀ qr(Y))``.
-    Also returns whether ``H`` is usable (batch-shaped booleans): ``Y`` finite and
-    not zero. A NaN or infinity in ``H`` makes its rows of ``Y`` non-finite and a
-    nonzero ``H`` has ``H Ω ≠ 0`` (both with probability 1 over the Gaussian
-    ``Ω``), so the thin sketch answers what a scan of ``H`` would, for ``1/K`` of
-    the memory traffic (a scan of the gradients was ~15 % of a randomized refresh).
-    """
-    y = apply(omega)
-    usable = jnp.all(jnp.isfinite(y), axis=(-2, -1)) & jnp.any(y != 0, axis=(-2, -1))
-    q = qr_factors(y)[0]
-    for _ in range(power_iterations):
-        z = qr_factors(apply_t(q))[0]
-        q = qr_factors(apply(z))[0]
-    return q, usable
-
-
 def _swap(x: jax.Array) -> jax.Array:
     return jnp.swapaxes(x, -1, -2)
 
 
-def _one_side(
+def _range_rows(
     g: jax.Array,
     side: str,
-    rank: int,
+    width: int,
     key: jax.Array,
-    oversampling: int,
     power_iterations: int,
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Top-``rank`` singular vectors of ``g`` on one ``side``, and the other side's signs.
+) -> tuple[jax.Array, jax.Array, Callable[[jax.Array], jax.Array], jax.Array]:
+    """Range finder on one side of ``g``, every thin matrix kept as ``K`` rows.
 
-    With ``H = G`` (left) or ``H = Gᵀ`` (right): ``Q`` from the range finder on
-    ``H``, ``Bᵀ = Hᵀ Q`` and the eigendecomposition of the ``K × K`` Gram matrix
-    ``B Bᵀ = Ũ S² Ũᵀ``: the vectors are ``Q Ũ_r`` and ``Bᵀ Ũ_r = V_r S_r`` holds
-    the other side's vectors scaled by ``σ`` (returned for their signs only).
-    An ``eigh`` of a ``K × K`` matrix replaces the SVD of a ``K × n`` one;
-    squaring ``B`` costs accuracy only in directions with ``σ ≲ √ε σ₁``, and
-    the basis stays orthonormal whatever the spectrum. ``G`` is never
-    transposed in memory: ``Gᵀ X`` is computed as ``(Xᵀ G)ᵀ`` (on CPU a
-    transposed 1024×2816 operand doubled the cost of the whole finder).
+    With ``H = G`` (``side='left'``) or ``H = Gᵀ`` (``'right'``): ``Yᵀ = Ωᵀ Hᵀ``
+    for a Gaussian ``Ωᵀ`` of ``K = width`` rows, ``power_iterations`` rounds of
+    re-orthonormalised subspace iteration ``Yᵀ ← qr(qr(Y)ᵀ H)ᵀ Hᵀ``, then the
+    orthonormal rows ``Qᵀ`` spanning the sketch, returned deferred as
+    ``Qᵀ = T Wᵀ`` (see :func:`_orthonormal_rows_deferred`). Products with ``G``
+    are only ever ``X G`` or ``X Gᵀ`` for a ``K``-row ``X``: ``G`` is never
+    transposed in memory, and no product contracts over ``G``'s rows into a
+    tall output (the slow ``Gᵀ X`` layout on CPU).
+
+    Also returns whether ``G`` is usable (batch-shaped booleans): the sketch is
+    finite and not zero. A NaN or infinity in ``G`` makes the sketch
+    non-finite and a nonzero ``G`` has ``Ωᵀ Hᵀ ≠ 0`` (both with probability 1
+    over the Gaussian ``Ω``), so the thin sketch answers what a scan of ``G``
+    would, for ``1/K`` of the memory traffic.
 
     Returns:
-      ``(vectors, other, usable)``: ``(..., a, rank)`` with ``a`` the side's
-      dimension, ``(..., b, rank)`` the other side's ``σ``-scaled vectors, and
-      the usability flag of :func:`_range_basis`.
+      ``(Wᵀ, T, rows_times_h, usable)``: ``(..., K, a)`` and ``(..., K, K)`` with
+      ``a`` the sketched side's dimension, and ``X ↦ X H`` for ``K``-row ``X``.
     """
     m, n = g.shape[-2:]
+    gt = _swap(g)  # a transposed operand, not a copy: XLA picks the dot's layout
 
-    def g_times(x: jax.Array) -> jax.Array:
-        return g @ x
+    def h_rows(xt: jax.Array) -> jax.Array:  # (H X)ᵀ = Xᵀ Hᵀ
+        return xt @ (gt if side == "left" else g)
 
-    def gt_times(x: jax.Array) -> jax.Array:  # Gᵀx as (xᵀG)ᵀ
-        return _swap(_swap(x) @ g)
+    def ht_rows(qt: jax.Array) -> jax.Array:  # (Hᵀ Q)ᵀ = Qᵀ H
+        return qt @ (g if side == "left" else gt)
 
-    apply, apply_t, inner = (g_times, gt_times, n) if side == "left" else (gt_times, g_times, m)
-    width = min(rank + oversampling, m, n)
-    omega = jax.random.normal(key, g.shape[:-2] + (inner, width), g.dtype)
-    q, usable = _range_basis(apply, apply_t, omega, power_iterations)
-    bt = apply_t(q)  # (..., inner, K)
-    _, vecs = jnp.linalg.eigh(finite_or_zero(_swap(bt) @ bt)[0])
-    top = vecs[..., ::-1][..., :rank]  # eigh is ascending
-    return q @ top, bt @ top, usable
+    inner = n if side == "left" else m
+    omega_t = jax.random.normal(key, g.shape[:-2] + (width, inner), g.dtype)
+    yt = h_rows(omega_t)
+    usable = jnp.all(jnp.isfinite(yt), axis=(-2, -1)) & jnp.any(yt != 0, axis=(-2, -1))
+    for _ in range(power_iterations):
+        zt = _orthonormal_rows(ht_rows(_orthonormal_rows(yt)[0]))[0]
+        yt = h_rows(zt)
+    wt, transform, _ = _orthonormal_rows_deferred(yt)
+    return wt, transform, ht_rows, usable
 
 
 @full_precision
@@ -260,38 +267,48 @@ def randomized_factors_checked(
 ) -> tuple[jax.Array | None, jax.Array | None, jax.Array]:
     """:func:`randomized_factors` and whether ``g`` was usable (finite, nonzero).
 
-    The flag (batch-shaped booleans) is read from the sketch ``G Ω``, not from a
-    scan of ``G``: see :func:`_range_basis`.
+    The flag (batch-shaped booleans) is read from the sketch ``Ωᵀ Gᵀ``, not from
+    a scan of ``G``: see :func:`_range_rows`.
     """
     if sides not in ("both", "left", "right"):
         raise ValueError(f"`sides` must be one of 'both', 'left', 'right'; got {sides!r}.")
     g = g.astype(decomposition_dtype(g.dtype))
     m, n = g.shape[-2:]
-    if sides == "left":
-        u, _, usable = _one_side(g, "left", rank, key, oversampling, power_iterations)
-        return canonicalize_signs(u, None)[0], None, usable
-    if sides == "right":
-        v, us, usable = _one_side(g, "right", rank, key, oversampling, power_iterations)
-        # The convention is set by the left vectors; us's columns are σ_j u_j.
-        return None, _swap(v * _peak_signs(us)), usable
-    if m > n:  # sketch the column space of the transpose: QR on the smaller side
-        v, uh, usable = randomized_factors_checked(
-            _swap(g), rank, key, oversampling=oversampling, power_iterations=power_iterations
-        )
-        u, vh = canonicalize_signs(_swap(uh), _swap(v))
-        return u, vh, usable
     width = min(rank + oversampling, m, n)
-    omega = jax.random.normal(key, g.shape[:-2] + (n, width), g.dtype)
-    q, usable = _range_basis(
-        lambda x: g @ x, lambda x: _swap(_swap(x) @ g), omega, power_iterations
-    )
-    b = _swap(q) @ g  # (..., K, n)
-    # svd(B) through the QR of Bᵀ = Q_b R_b: B = R_bᵀ Q_bᵀ and only the K×K R_bᵀ
-    # needs an SVD (R_bᵀ = U_r S V_rᵀ gives B = U_r S (Q_b V_r)ᵀ).
-    qb, rb = qr_factors(_swap(b))  # (..., n, K), (..., K, K)
-    ur, _, vrh = jnp.linalg.svd(finite_or_zero(_swap(rb))[0])
-    u, vh = canonicalize_signs(q @ ur[..., :rank], vrh[..., :rank, :] @ _swap(qb))
-    return u, vh, usable
+    if sides == "both":  # sketch the smaller side: the QR runs on it
+        side = "left" if m <= n else "right"
+    else:
+        side = sides
+    wt, transform, rows_times_h, usable = _range_rows(g, side, width, key, power_iterations)
+    if sides == "both":
+        qt = transform @ wt
+        b = rows_times_h(qt)  # B = Qᵀ H, (..., K, b)
+        # svd(B) through the row QR of B = R_bᵀ Q_bᵀ: only the K×K R_bᵀ needs an
+        # SVD (R_bᵀ = U_r S V_rᵀ gives B = U_r S (Q_b V_r)ᵀ).
+        qbt, rb = _orthonormal_rows(b)  # (..., K, b), (..., K, K)
+        ur, _, vrh = jnp.linalg.svd(finite_or_zero(_swap(rb))[0])
+        sketched = _swap(qt) @ ur[..., :rank]  # (..., a, rank)
+        other = vrh[..., :rank, :] @ qbt  # (..., rank, b)
+        if side == "left":
+            u, vh = canonicalize_signs(sketched, other)
+        else:
+            u, vh = canonicalize_signs(_swap(other), _swap(sketched))
+        return u, vh, usable
+    # One side: eigh of the K×K Gram B Bᵀ = Ũ S² Ũᵀ with B = Qᵀ H = T (Wᵀ H); the
+    # vectors are Q Ũ_r = W (Tᵀ Ũ_r) and Ũ_rᵀ B = S_r V_rᵀ holds the other side's
+    # vectors scaled by σ (their signs fix the convention when the right side is
+    # asked for). An eigh of a K×K matrix replaces the SVD of a K×b one; squaring
+    # B costs accuracy only in directions with σ ≲ √ε σ₁, and the basis stays
+    # orthonormal whatever the spectrum. Qᵀ itself is never formed.
+    bw = rows_times_h(wt)  # Wᵀ H, (..., K, b)
+    gram = transform @ (bw @ _swap(bw)) @ _swap(transform)
+    _, vecs = jnp.linalg.eigh(finite_or_zero(gram)[0])
+    top = vecs[..., ::-1][..., :rank]  # eigh is ascending
+    vectors = _swap(wt) @ (_swap(transform) @ top)  # (..., a, rank)
+    if side == "left":
+        return canonicalize_signs(vectors, None)[0], None, usable
+    other = (_swap(top) @ transform) @ bw  # (..., rank, m): σ_j u_jᵀ
+    return None, _swap(vectors) * _swap(_peak_signs(_swap(other))), usable
 
 
 def randomized_factors(
