@@ -193,7 +193,9 @@ def project_lowrank(
         or the aliases ``'symmetric'``/``'asymmetric'``.
       projector: ``'svd'`` (thin SVD) or ``'randomized'`` (range finder).
       oversampling: extra sketch columns of the randomized projector (``>= 0``).
-      power_iterations: subspace iterations of the randomized projector (``>= 0``).
+      power_iterations: subspace iterations of the randomized projector (``>= 0``);
+        each adds two passes over the gradient at a refresh (``0`` refreshes about
+        twice as fast as ``1``, with a cruder basis where the spectrum decays slowly).
       on_refresh: what happens to ``inner``'s state when the basis is refreshed:
         ``'keep'`` (galore-torch: untouched, old and new coordinates mix),
         ``'reset'`` (re-initialised) or ``'reproject'`` (rotated into the new
