@@ -218,8 +218,9 @@ def _range_rows(
 
     With ``H = G`` (``side='left'``) or ``H = Gᵀ`` (``'right'``): ``Yᵀ = Ωᵀ Hᵀ``
     for a Gaussian ``Ωᵀ`` of ``K = width`` rows, ``power_iterations`` rounds of
-    re-orthonormalised subspace iteration ``Yᵀ ← qr(qr(Y)ᵀ H)ᵀ Hᵀ``, then the
-    orthonormal rows ``Qᵀ`` spanning the sketch, returned deferred as
+    re-orthonormalised subspace iteration (``Qᵀ = orth(Yᵀ)``, ``Zᵀ = orth(Qᵀ H)``,
+    ``Yᵀ ← Zᵀ Hᵀ``, with ``orth`` the row QR), then the orthonormal rows ``Qᵀ``
+    spanning the sketch, returned deferred as
     ``Qᵀ = T Wᵀ`` (see :func:`_orthonormal_rows_deferred`). Products with ``G``
     are only ever ``X G`` or ``X Gᵀ`` for a ``K``-row ``X``: ``G`` is never
     transposed in memory, and no product contracts over ``G``'s rows into a
