@@ -10,6 +10,7 @@ from core_np import Adam
 from optax._src import test_utils
 
 import lowrank_optax as lowrank
+from lowrank_optax._src import adam_in_basis as core
 
 B1, B2 = 0.9, 0.99
 SHAPES = {"l": (3, 5), "r": (4, 3), "f": (3, 3), "u": (6,)}
@@ -224,6 +225,98 @@ class BadArgsTest(parameterized.TestCase):
 
     def test_schedules_are_not_validated(self):
         lowrank.scale_by_adam_in_basis(b1=jnp.asarray(0.9), b2=jnp.asarray(0.99))
+
+
+class AdamCoreTest(parameterized.TestCase):
+    """The private core (ema, amsgrad_max, adam_direction) against numpy formulas."""
+
+    def setUp(self):
+        super().setUp()
+        rng = np.random.default_rng(3)
+        self.m = rng.standard_normal((4, 3)).astype(np.float32)
+        self.v = np.square(rng.standard_normal((4, 3))).astype(np.float32)
+        self.v[0, 0] = self.m[0, 0] = 0.0  # an element whose gradients were always zero
+
+    @parameterized.parameters(1, 2, 7)
+    def test_optax_mode_formula(self, t):
+        got = core.adam_direction(
+            jnp.asarray(self.m),
+            jnp.asarray(self.v),
+            jnp.asarray(t, jnp.int32),
+            b1=B1,
+            b2=B2,
+            eps=1e-3,
+            eps_root=1e-4,
+        )
+        m, v = self.m.astype(np.float64), self.v.astype(np.float64)
+        want = (m / (1 - B1**t)) / (np.sqrt(v / (1 - B2**t) + 1e-4) + 1e-3)
+        np.testing.assert_allclose(got, want, rtol=2e-6)
+
+    @parameterized.parameters(1, 2, 7)
+    def test_galore_mode_formula(self, t):
+        got = core.adam_direction(
+            jnp.asarray(self.m),
+            jnp.asarray(self.v),
+            jnp.asarray(t, jnp.int32),
+            b1=B1,
+            b2=B2,
+            eps=1e-3,
+            eps_mode="galore",
+        )
+        m, v = self.m.astype(np.float64), self.v.astype(np.float64)
+        want = m / (np.sqrt(v) + 1e-3) * np.sqrt(1 - B2**t) / (1 - B1**t)
+        np.testing.assert_allclose(got, want, rtol=2e-6)
+
+    def test_nu_count_corrects_the_second_moment_separately(self):
+        got = core.adam_direction(
+            jnp.asarray(self.m),
+            jnp.asarray(self.v),
+            jnp.asarray(5, jnp.int32),
+            b1=B1,
+            b2=B2,
+            eps=1e-3,
+            nu_count=jnp.asarray(2, jnp.int32),
+        )
+        m, v = self.m.astype(np.float64), self.v.astype(np.float64)
+        want = (m / (1 - B1**5)) / (np.sqrt(v / (1 - B2**2)) + 1e-3)
+        np.testing.assert_allclose(got, want, rtol=2e-6)
+
+    def test_zero_safe_only_changes_zero_denominators(self):
+        args = (jnp.asarray(self.m), jnp.asarray(self.v), jnp.asarray(3, jnp.int32))
+        plain = np.asarray(core.adam_direction(*args, b1=B1, b2=B2, eps=0.0))
+        safe = np.asarray(core.adam_direction(*args, b1=B1, b2=B2, eps=0.0, zero_safe=True))
+        self.assertTrue(np.isnan(plain[0, 0]))
+        self.assertEqual(safe[0, 0], 0.0)
+        np.testing.assert_array_equal(safe.ravel()[1:], plain.ravel()[1:])
+
+    def test_pytrees_and_arrays(self):
+        tree = {"a": jnp.asarray(self.m), "b": (jnp.asarray(self.m[0]),)}
+        nus = {"a": jnp.asarray(self.v), "b": (jnp.asarray(self.v[0]),)}
+        count = jnp.asarray(4, jnp.int32)
+        out = core.adam_direction(tree, nus, count, b1=B1, b2=B2, eps=1e-8)
+        single = core.adam_direction(tree["a"], nus["a"], count, b1=B1, b2=B2, eps=1e-8)
+        # Not bitwise: XLA:CPU compiles a 2-leaf and a 1-leaf division differently.
+        np.testing.assert_allclose(out["a"], single, rtol=1e-6)
+        self.assertEqual(out["b"][0].shape, (3,))
+
+    def test_invalid_eps_mode(self):
+        with self.assertRaisesRegex(ValueError, "eps_mode"):
+            core.adam_direction(self.m, self.v, jnp.asarray(1), b1=B1, b2=B2, eps=0.0, eps_mode="x")
+
+    def test_ema_formulas(self):
+        x, m = jnp.asarray(self.m), jnp.asarray(self.v)
+        np.testing.assert_array_equal(core.ema(x, m, B1), optax.tree.update_moment(x, m, B1, 1))
+        got = core.ema(x, m, B2, offset=1e-3)
+        want = B2 * self.v.astype(np.float64) + (1 - B2) * self.m + 1e-3
+        np.testing.assert_allclose(got, want, rtol=2e-6)
+
+    def test_amsgrad_max(self):
+        old, new = jnp.asarray(self.v), jnp.asarray(self.v[::-1])
+        np.testing.assert_array_equal(core.amsgrad_max(old, new), np.maximum(self.v, self.v[::-1]))
+        np.testing.assert_array_equal(
+            core.amsgrad_max(old, new, 0.5), np.maximum(0.5 * self.v, self.v[::-1])
+        )
+        self.assertIsNone(core.amsgrad_max(None, new))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from lowrank_optax._src.adam_in_basis import amsgrad_max, ema
 from lowrank_optax._src.holocron import checks, common
 
 
@@ -62,17 +63,17 @@ def scale_by_adabelief(
         if common.is_zero_constant(eps_root):
             nu = optax.tree.update_moment_per_elem_norm(belief, state.nu, b2, 2)
         else:
-            # b2 s + ((1 - b2) r^2 + eps_root): with the constant added last, XLA:CPU
-            # duplicates this update into the parameter-update loop and then has to
-            # copy the donated `nu` buffer every step (measured: ~25% slower).
-            nu = jax.tree.map(
-                lambda r, s: b2 * s + ((1 - b2) * jnp.square(r) + eps_root), belief, state.nu
-            )
+            # The offset form adds eps_root last: otherwise XLA:CPU duplicates this
+            # update into the parameter-update loop and has to copy the donated `nu`
+            # buffer every step (measured: ~25% slower).
+            nu = ema(jax.tree.map(jnp.square, belief), state.nu, b2, offset=eps_root)
         mu = optax.tree.cast_like(mu, state.mu)
         nu = optax.tree.cast_like(nu, state.nu)
-        nu_den, nu_max = common.amsgrad_max(nu, state.nu_max)
+        nu_max = amsgrad_max(state.nu_max, nu)
         count = optax.safe_int32_increment(state.count)
-        direction = common.adaptive_direction(mu, nu_den, b1, b2, count, eps)
+        direction = common.adaptive_direction(
+            mu, nu if nu_max is None else nu_max, b1, b2, count, eps
+        )
         new_state = ScaleByAdaBeliefState(count, mu, nu, nu_max)
         return optax.tree.cast_like(direction, updates), new_state
 

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import optax
 from optax._src import base as optax_base
 
+from lowrank_optax._src.adam_in_basis import scale_by_adam_in_basis
 from lowrank_optax._src.holocron import checks, common
-from lowrank_optax._src.lrg import scale_by_torch_amsgrad
 
 _COS_EPS = 1e-8  # torch.nn.functional.cosine_similarity's default eps
 
@@ -47,8 +47,9 @@ def scale_by_adamp(
     r"""AdamP direction (see :func:`adamp` for the formulas).
 
     The moments are those of :func:`optax.scale_by_adam`, or of
-    :func:`scale_by_torch_amsgrad` with ``amsgrad`` (maximum of the raw second
-    moment, as torch), which this transform runs: their state is its state. The
+    :func:`scale_by_adam_in_basis` with ``amsgrad_decay=1`` under ``amsgrad``
+    (maximum of the raw second moment, as torch), which this transform runs:
+    their state is its state. The
     quotient uses a zero-safe division. The cosine test uses the incoming
     updates, so a weight decay added before this transform (as :func:`adamp`
     does) enters it.
@@ -69,7 +70,10 @@ def scale_by_adamp(
     checks.eps(eps)
     checks.nonnegative("delta", delta)
 
-    moments = scale_by_torch_amsgrad(b1, b2, eps) if amsgrad else optax.scale_by_adam(b1, b2, eps)
+    if amsgrad:
+        moments = scale_by_adam_in_basis(b1, b2, eps, amsgrad_decay=1.0)
+    else:
+        moments = optax.scale_by_adam(b1, b2, eps)
 
     def update_fn(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
         if params is None:

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from lowrank_optax._src.adam_in_basis import amsgrad_max
 from lowrank_optax._src.holocron import checks, common
 from lowrank_optax._src.holocron.proximal import proximal_decay
 
@@ -72,12 +73,13 @@ def scale_by_adan(
             optax.tree.cast_like(delta, state.delta),
             optax.tree.cast_like(nu, state.nu),
         )
-        nu_den, nu_max = common.amsgrad_max(nu, state.nu_max)
+        nu_max = amsgrad_max(state.nu_max, nu)
         count = optax.safe_int32_increment(state.count)
         mu_hat = optax.tree.bias_correction(mu, b1, count)
         delta_hat = optax.tree.bias_correction(delta, b2, count)
         numerator = jax.tree.map(lambda m, d: m + b2 * d, mu_hat, delta_hat)
         # adaptive_direction with b1 = 0 leaves the numerator uncorrected.
+        nu_den = nu if nu_max is None else nu_max
         direction = common.adaptive_direction(numerator, nu_den, 0.0, b3, count, eps)
         new_state = ScaleByAdanState(
             count, mu, delta, nu, nu_max, optax.tree.cast_like(updates, state.prev_grad)

@@ -4,13 +4,13 @@
   coefficients): the leaf dtype promoted to at least float32, so bf16 leaves get
   float32 reductions and float64 leaves stay float64.
 * :func:`leaf_sum` / :func:`leaf_norm` -- per-leaf reductions in that dtype.
-* :func:`safe_div` -- the double-``where`` division used wherever a denominator
-  may be exactly zero, so the unused branch stays finite (``jax_debug_nans``).
-* :func:`amsgrad_max` and :func:`adaptive_direction` -- the torch-style AMSGrad
-  maximum (taken over the raw second moment, then bias-corrected) and the Adam
-  quotient ``(m / bc1) / (sqrt(v / bc2) + eps)`` shared by TAdam, AdaBelief and
-  AdamP. The moment updates themselves are :func:`optax.tree.update_moment` and
-  :func:`optax.tree.update_moment_per_elem_norm`.
+* :func:`safe_div` -- :func:`numerics.safe_div` (re-exported here for the
+  family's modules).
+* :func:`adaptive_direction` -- the Adam quotient of TAdam, AdaBelief, AdamP and
+  Adan: the library's one Adam core (:func:`adam_in_basis.adam_direction`) with a
+  zero-safe division when ``eps`` may be zero. AMSGrad's maximum is
+  :func:`adam_in_basis.amsgrad_max`; the moment updates are
+  :func:`optax.tree.update_moment` / :func:`adam_in_basis.ema`.
 """
 
 from typing import Any
@@ -20,6 +20,8 @@ import jax.numpy as jnp
 import optax
 
 from lowrank_optax._src import validation
+from lowrank_optax._src.adam_in_basis import adam_direction
+from lowrank_optax._src.numerics import safe_div as safe_div
 
 
 def scalar_dtype(dtype: Any) -> jnp.dtype:
@@ -45,12 +47,6 @@ def leaf_norm(x: jax.Array) -> jax.Array:
     return jnp.sqrt(leaf_sum(jnp.square(x.astype(scalar_dtype(x.dtype)))))
 
 
-def safe_div(num: jax.Array, den: jax.Array, fill: Any = 0.0) -> jax.Array:
-    """``num / den`` where ``den != 0``, else ``fill`` (finite in both branches)."""
-    ok = den != 0
-    return jnp.where(ok, num / jnp.where(ok, den, jnp.ones_like(den)), fill)
-
-
 def is_positive_constant(value: Any) -> bool:
     """True if ``value`` is a concrete scalar known to be ``> 0``."""
     x = validation.concrete_scalar(value)
@@ -63,32 +59,16 @@ def is_zero_constant(value: Any) -> bool:
     return x is not None and x == 0
 
 
-def amsgrad_max(nu: Any, nu_max: Any) -> tuple[Any, Any]:
-    """Returns ``(second moment used in the denominator, new running maximum)``.
-
-    ``nu_max`` is ``None`` when AMSGrad is off; then ``nu`` itself is used. The
-    maximum is taken over the raw (not bias-corrected) moment, as torch does.
-    """
-    if nu_max is None:
-        return nu, None
-    new_max = jax.tree.map(jnp.maximum, nu_max, nu)
-    return new_max, new_max
-
-
 def adaptive_direction(mu: Any, nu: Any, b1: Any, b2: Any, count: jax.Array, eps: Any) -> Any:
     """``(mu / bc1) / (sqrt(nu / bc2) + eps)`` leaf-wise, with bc_i = 1 - b_i^count.
 
-    With ``eps = 0`` an element whose second moment is exactly zero (its
-    gradients were always zero, hence its first moment too) gets a zero
-    direction instead of ``0 / 0``.
+    :func:`adam_in_basis.adam_direction` (``eps_mode='optax'``). Unless ``eps``
+    is a concrete positive number, an element whose second moment is exactly
+    zero (its gradients were always zero, hence its first moment too) gets a
+    zero direction instead of ``0 / 0``.
     """
-    mu_hat = optax.tree.bias_correction(mu, b1, count)
-    nu_hat = optax.tree.bias_correction(nu, b2, count)
-    if is_positive_constant(eps):
-        div = lambda m, v: (m / (jnp.sqrt(v) + eps)).astype(m.dtype)
-    else:
-        div = lambda m, v: safe_div(m, jnp.sqrt(v) + eps).astype(m.dtype)
-    return jax.tree.map(div, mu_hat, nu_hat)
+    zero_safe = not is_positive_constant(eps)
+    return adam_direction(mu, nu, count, b1=b1, b2=b2, eps=eps, zero_safe=zero_safe)
 
 
 def zeros_or_none(params: Any, enabled: bool) -> Any:

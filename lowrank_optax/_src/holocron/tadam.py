@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from lowrank_optax._src.adam_in_basis import amsgrad_max
 from lowrank_optax._src.holocron import checks, common
 
 
@@ -101,9 +102,11 @@ def scale_by_tadam(
             new_moms.append((keep.astype(m.dtype) * m + take.astype(g.dtype) * g).astype(m.dtype))
             new_w.append(big_w[i] * decay_w + w)
         mu, nu = treedef.unflatten(new_moms), treedef.unflatten(new_nus)
-        nu_den, nu_max = common.amsgrad_max(nu, state.nu_max)
+        nu_max = amsgrad_max(state.nu_max, nu)
         count = optax.safe_int32_increment(state.count)
-        direction = common.adaptive_direction(mu, nu_den, b1, b2, count, eps)
+        direction = common.adaptive_direction(
+            mu, nu if nu_max is None else nu_max, b1, b2, count, eps
+        )
         weight_sum = jnp.stack(new_w) if new_w else big_w
         new_state = ScaleByTadamState(count, mu, nu, nu_max, weight_sum.astype(big_w.dtype))
         return optax.tree.cast_like(direction, updates), new_state
