@@ -37,6 +37,10 @@ from lowrank_optax._src.weight_decay import (
     decay_weights_after_update as decay_weights_after_update,
 )
 
+# --- memory -------------------------------------------------------------------
+from lowrank_optax._src.memory import MemoryReport as MemoryReport
+from lowrank_optax._src.memory import memory_report as memory_report
+
 # --- distributed helpers ------------------------------------------------------
 from lowrank_optax._src.sharding import state_partition_specs as state_partition_specs
 from lowrank_optax._src.sharding import state_sharding as state_sharding

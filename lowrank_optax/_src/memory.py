@@ -1,0 +1,300 @@
+"""Exact memory accounting of a training step: parameters, gradients, optimizer state, XLA.
+
+Nothing is run or allocated: shapes come from :func:`jax.eval_shape`, shardings
+from the parameters (or the library's state rules, :func:`state_sharding`), and
+the compiled figures from XLA's own memory analysis of the lowered step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from lowrank_optax._src.sharding import state_sharding
+
+# XLA's CompiledMemoryStats fields and the report's names for them.
+_COMPILED_FIELDS = (
+    ("argument_bytes", "argument_size_in_bytes"),
+    ("output_bytes", "output_size_in_bytes"),
+    ("alias_bytes", "alias_size_in_bytes"),
+    ("temp_bytes", "temp_size_in_bytes"),
+    ("generated_code_bytes", "generated_code_size_in_bytes"),
+    ("peak_bytes", "peak_memory_in_bytes"),
+)
+
+
+class MemoryReport(dict):
+    """The result of :func:`memory_report`: a plain ``dict`` that prints as a table.
+
+    Keys (all byte counts are Python ``int``):
+
+    * ``params_bytes``, ``grads_bytes``, ``state_bytes``, ``total_bytes`` (their
+      sum), ``num_params`` (scalars in the parameters);
+    * ``leaves``: ``{'params': [...], 'state': [...]}``, one row per array leaf
+      ``{'path', 'shape', 'dtype', 'bytes'}`` (plus ``'max_device_bytes'`` when
+      sharded), in ``jax.tree.leaves`` order;
+    * ``per_device``: ``None``, or one row per device
+      ``{'device', 'params_bytes', 'grads_bytes', 'state_bytes'}``;
+    * ``compiled``: ``None``, or XLA's memory analysis of the step:
+      ``argument_bytes``, ``output_bytes``, ``alias_bytes``, ``temp_bytes``,
+      ``generated_code_bytes`` and ``peak_bytes`` (XLA's figures as they are;
+      per device for a sharded step).
+
+    ``str(report)`` (or :meth:`table`) formats it for printing.
+    """
+
+    def table(self, *, leaves: bool = False) -> str:
+        """The report as a text table; ``leaves=True`` adds the per-leaf rows."""
+        lines = [f"{'memory':<44}{'bytes':>16}{'MiB':>11}"]
+
+        def row(name: str, value: int | None) -> None:
+            if value is None:
+                lines.append(f"{name:<44}{'n/a':>16}")
+            else:
+                lines.append(f"{name:<44}{value:>16,}{value / 2**20:>11.2f}")
+
+        n_params, n_state = len(self["leaves"]["params"]), len(self["leaves"]["state"])
+        row(f"params ({self['num_params']:,} scalars, {n_params} leaves)", self["params_bytes"])
+        row("gradients", self["grads_bytes"])
+        row(f"optimizer state ({n_state} leaves)", self["state_bytes"])
+        row("params + gradients + state", self["total_bytes"])
+        if self["per_device"]:
+            devices = self["per_device"]
+            lines.append(f"per device, largest of {len(devices)} devices:")
+            for key in ("params_bytes", "grads_bytes", "state_bytes"):
+                row(f"  {key[:-6]}", max(d[key] for d in devices))
+        if self["compiled"] is not None:
+            lines.append("compiled step (XLA memory analysis):")
+            for key, _ in _COMPILED_FIELDS:
+                row(f"  {key[:-6].replace('_', ' ')}", self["compiled"][key])
+        if leaves:
+            for group in ("params", "state"):
+                lines.append(f"{group} leaves:")
+                for leaf in self["leaves"][group]:
+                    shape = "x".join(map(str, leaf["shape"])) or "scalar"
+                    path = leaf["path"] if len(leaf["path"]) <= 50 else "…" + leaf["path"][-49:]
+                    lines.append(f"  {path:<50}{shape:>16}{leaf['dtype']:>9}{leaf['bytes']:>16,}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def _nbytes(shape: Sequence[int], dtype: Any) -> int:
+    # ``itemsize`` of a typed PRNG key dtype is its key data (8 bytes for threefry).
+    return math.prod(shape) * dtype.itemsize
+
+
+def _sharding_of(x: Any) -> Any:
+    sharding = getattr(x, "sharding", None)
+    return sharding if isinstance(sharding, NamedSharding) else None
+
+
+def _device_bytes(shape: Sequence[int], dtype: Any, sharding: NamedSharding) -> dict[int, int]:
+    """Bytes each device holds of an array of ``shape`` laid out by ``sharding``."""
+    itemsize = dtype.itemsize
+    out: dict[int, int] = {}
+    for device, index in sharding.devices_indices_map(tuple(shape)).items():
+        count = math.prod(len(range(*s.indices(n))) for s, n in zip(index, shape, strict=True))
+        out[device.id] = count * itemsize
+    return out
+
+
+def _rows(tree: Any, shardings: list[Any] | None) -> list[dict[str, Any]]:
+    paths_leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    rows = []
+    for i, (path, leaf) in enumerate(paths_leaves):
+        shape = tuple(int(d) for d in jnp.shape(leaf))
+        row: dict[str, Any] = {
+            "path": jax.tree_util.keystr(path),
+            "shape": list(shape),
+            "dtype": str(leaf.dtype),
+            "bytes": _nbytes(shape, leaf.dtype),
+        }
+        if shardings is not None:
+            row["device_bytes"] = _device_bytes(shape, leaf.dtype, shardings[i])
+            row["max_device_bytes"] = max(row["device_bytes"].values())
+        rows.append(row)
+    return rows
+
+
+def _abstract(x: Any) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(jnp.shape(x), x.dtype, sharding=_sharding_of(x))
+
+
+def _param_shardings(
+    leaves: list[Any], mesh: jax.sharding.Mesh | None, param_specs: Any
+) -> list[NamedSharding] | None:
+    if param_specs is not None:
+        if mesh is None:
+            raise ValueError("`param_specs` needs `mesh`.")
+        specs = jax.tree.leaves(param_specs, is_leaf=lambda s: isinstance(s, P) or s is None)
+        if len(specs) != len(leaves):
+            raise ValueError(
+                f"`param_specs` must give one PartitionSpec per parameter leaf; got "
+                f"{len(specs)} for {len(leaves)} leaves."
+            )
+        return [NamedSharding(mesh, P() if s is None else s) for s in specs]
+    found = [_sharding_of(x) for x in leaves]
+    if mesh is None and all(s is None for s in found):
+        return None
+    if mesh is None:
+        meshes = {s.mesh for s in found if s is not None}
+        if len(meshes) != 1:
+            raise ValueError(f"parameters must be sharded on one mesh; found {len(meshes)} meshes.")
+        mesh = meshes.pop()
+    return [NamedSharding(mesh, P()) if s is None else s for s in found]
+
+
+def _is_differentiable(dtype: Any) -> bool:
+    if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        return False
+    return bool(jnp.issubdtype(dtype, jnp.inexact))
+
+
+def memory_report(
+    tx: Any,
+    params: Any,
+    *,
+    step_fn: Callable[..., Any] | None = None,
+    step_args: Sequence[Any] = (),
+    mesh: jax.sharding.Mesh | None = None,
+    param_specs: Any = None,
+) -> MemoryReport:
+    r"""Bytes of a training step's parameters, gradients and optimizer state, per leaf.
+
+    Nothing runs and nothing is allocated: the state's shapes come from
+    ``jax.eval_shape(tx.init, params)`` and the byte count of every array is
+    :math:`\prod(\text{shape}) \times \text{itemsize}` (a typed PRNG key counts
+    its key data, e.g. 8 bytes for ``threefry``), which is exactly what
+    ``tx.init(params)`` allocates. ``None`` entries, :class:`optax.MaskedNode`,
+    :class:`optax.EmptyState` and other empty subtrees hold no bytes;
+    integer counters and keys are counted. The gradient is one array per
+    floating-point parameter, of the parameter's shape and dtype (integer
+    parameters have no gradient bytes).
+
+    **Per device.** When the parameters carry :class:`jax.sharding.NamedSharding`
+    (sharded arrays, or ``jax.ShapeDtypeStruct(..., sharding=...)``), or when
+    ``mesh`` (and ``param_specs``) are given, every array's bytes are also
+    split by device: gradients follow their parameters, and the state follows
+    :func:`state_sharding` (the library's rules, which ``tx.init`` builds on
+    Explicit meshes and ``jax.jit(tx.init, out_shardings=state_sharding(...))``
+    builds on Auto ones). A replicated array counts in full on every device.
+
+    **Compiled step.** With ``step_fn`` the report adds XLA's memory analysis of
+    ``jax.jit(step_fn).lower(*step_args).compile()`` (a ``step_fn`` that is
+    already jitted, e.g. with ``donate_argnums``, is lowered as it is):
+    argument, output, alias (donated inputs reused as outputs), temporary
+    and generated-code bytes and XLA's peak estimate, unchanged. For a sharded
+    step these are per device (each device runs the same SPMD program). XLA
+    counts a tuple output's pointer table in ``output_bytes`` (8 bytes per
+    output array on CPU).
+
+    Args:
+      tx: an optax transformation (anything with ``init``).
+      params: parameters: arrays, ``jax.ShapeDtypeStruct`` (abstract, nothing
+        allocated) or Flax boxes; sharded or not.
+      step_fn: optional training step to compile (jitted or not).
+      step_args: the arguments to lower ``step_fn`` with (arrays or
+        ``jax.ShapeDtypeStruct``).
+      mesh: optional mesh; the parameters' leaves without a ``NamedSharding``
+        are replicated on it.
+      param_specs: optional ``PartitionSpec`` per parameter leaf (same order),
+        with ``mesh``; overrides the parameters' own shardings.
+
+    Returns:
+      A :class:`MemoryReport` (a ``dict``; ``print`` it for a table).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> import lowrank_optax as lowrank
+      >>> params = {'w': jax.ShapeDtypeStruct((1024, 512), jnp.float32),
+      ...           'b': jax.ShapeDtypeStruct((512,), jnp.float32)}
+      >>> adam = lowrank.memory_report(optax.adamw(1e-3), params)
+      >>> galore = lowrank.memory_report(lowrank.galore_adamw(1e-3, rank=64), params)
+      >>> adam['params_bytes'], adam['state_bytes'], galore['state_bytes']
+      (2099200, 4198404, 659472)
+    """
+    if not hasattr(tx, "init"):
+        raise ValueError(f"`tx` must be an optax transformation with `init`; got {tx!r}.")
+    if step_fn is None and tuple(step_args):
+        raise ValueError("`step_args` given without `step_fn`.")
+    abstract_params = jax.tree.map(_abstract, params)
+    param_leaves = jax.tree.leaves(abstract_params)
+    shardings = _param_shardings(param_leaves, mesh, param_specs)
+    if shardings is not None:
+        abstract_params = jax.tree.unflatten(
+            jax.tree.structure(abstract_params),
+            [
+                jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
+                for x, s in zip(param_leaves, shardings, strict=True)
+            ],
+        )
+    abstract_state = jax.eval_shape(tx.init, abstract_params)
+    state_shardings = None
+    if shardings is not None:
+        state_shardings = jax.tree.leaves(
+            state_sharding(
+                tx,
+                abstract_params,
+                jax.tree.unflatten(jax.tree.structure(abstract_params), shardings),
+            ),
+            is_leaf=lambda s: isinstance(s, NamedSharding),
+        )
+
+    param_rows = _rows(abstract_params, shardings)
+    state_rows = _rows(abstract_state, state_shardings)
+    grad_rows = [
+        r for r, x in zip(param_rows, param_leaves, strict=True) if _is_differentiable(x.dtype)
+    ]
+    params_bytes = sum(r["bytes"] for r in param_rows)
+    grads_bytes = sum(r["bytes"] for r in grad_rows)
+    state_bytes = sum(r["bytes"] for r in state_rows)
+
+    per_device = None
+    if shardings is not None:
+        device_ids = sorted({d.id for s in shardings for d in s.device_set})
+
+        def total(rows: list[dict[str, Any]], device: int) -> int:
+            return sum(r["device_bytes"].get(device, 0) for r in rows)
+
+        per_device = [
+            {
+                "device": d,
+                "params_bytes": total(param_rows, d),
+                "grads_bytes": total(grad_rows, d),
+                "state_bytes": total(state_rows, d),
+            }
+            for d in device_ids
+        ]
+        for r in param_rows + state_rows:
+            del r["device_bytes"]
+
+    compiled = None
+    if step_fn is not None:
+        jitted = step_fn if hasattr(step_fn, "lower") else jax.jit(step_fn)
+        stats = jitted.lower(*step_args).compile().memory_analysis()
+        if stats is not None:
+            compiled = {key: _int_or_none(stats, field) for key, field in _COMPILED_FIELDS}
+
+    return MemoryReport(
+        params_bytes=params_bytes,
+        grads_bytes=grads_bytes,
+        state_bytes=state_bytes,
+        total_bytes=params_bytes + grads_bytes + state_bytes,
+        num_params=sum(math.prod(r["shape"]) for r in param_rows),
+        leaves={"params": param_rows, "state": state_rows},
+        per_device=per_device,
+        compiled=compiled,
+    )
+
+
+def _int_or_none(stats: Any, field: str) -> int | None:
+    value = getattr(stats, field, None)
+    return None if value is None else int(value)
