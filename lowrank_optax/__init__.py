@@ -94,8 +94,8 @@ from lowrank_optax._src.loss_closures import (
 # --- LRE ----------------------------------------------------------------------
 from lowrank_optax._src.lre import bases as bases
 from lowrank_optax._src.lre import curvatures as curvatures
+from lowrank_optax._src.lre.driver import EigenbasisBlockState as EigenbasisBlockState
 from lowrank_optax._src.lre.driver import EigenbasisState as EigenbasisState
-from lowrank_optax._src.lre.driver import eigenbasis_partition_specs as eigenbasis_partition_specs
 from lowrank_optax._src.lre.driver import eigenbasis_update as eigenbasis_update
 from lowrank_optax._src.lre.driver import lre as lre
 from lowrank_optax._src.lre.inner import ClipNormByEmaInBasisState as ClipNormByEmaInBasisState

@@ -176,7 +176,7 @@ class DegenerateTest(parameterized.TestCase):
         for _ in range(4):
             u, state = step(jnp.asarray(rng.normal(size=3), jnp.float32), state, p)
             self.assertTrue(np.all(np.isfinite(u)) and np.any(u != 0))
-        self.assertLessEqual(int(np.sum(state[0].valid)), 3)
+        self.assertLessEqual(int(np.sum(state[0].blocks[0].valid)), 3)
         self.assertTrue(all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state)))
 
     def test_nan_gradient_keeps_basis(self):
@@ -187,7 +187,7 @@ class DegenerateTest(parameterized.TestCase):
         u, new_state = step(jnp.array([jnp.nan, 1.0]), state, g)
         self.assertFalse(np.all(np.isfinite(u)))  # NaN in, NaN out (as optax.adam)
         for a, b in zip(
-            jax.tree.leaves(new_state.basis_state), jax.tree.leaves(state.basis_state), strict=True
+            jax.tree.leaves(new_state.blocks), jax.tree.leaves(state.blocks), strict=True
         ):
             np.testing.assert_array_equal(a, b)
         safe = optax.apply_if_finite(lowrank.lre(0.1), 3)
@@ -235,7 +235,7 @@ class StructureTest(parameterized.TestCase):
             u_b, s_b = step_b(g["b"], s_b)
             np.testing.assert_allclose(u["a"], u_a, rtol=1e-5, atol=1e-7)
             np.testing.assert_allclose(u["b"], u_b, rtol=1e-5, atol=1e-7)
-        self.assertLen(s.basis_state, 2)
+        self.assertLen(s.blocks, 2)
 
     def test_init_steps_and_update_freq(self):
         tx = lowrank.eigenbasis_update(
@@ -253,11 +253,11 @@ class StructureTest(parameterized.TestCase):
                 self.assertEqual(int(new.inner_state[0].count), 0)
             else:
                 self.assertTrue(np.any(u != 0))
-            changed = not np.array_equal(new.basis_state.q, state.basis_state.q)
+            changed = not np.array_equal(new.blocks[0].basis.q, state.blocks[0].basis.q)
             self.assertEqual(changed, t < 2 or t % 3 == 0, msg=f"step {t}")
             state = new
         # the buffered covariance reached the basis with 3 columns (steps 4, 5, 6)
-        self.assertEqual(int(state.basis_state.count), 4)
+        self.assertEqual(int(state.blocks[0].basis.count), 4)
 
     @parameterized.parameters(True, "average")
     def test_symmetrize_modes_in_expectation(self, mode):
@@ -279,7 +279,7 @@ class StructureTest(parameterized.TestCase):
             return tx.update(jax.grad(loss)(p), s, p, hvp_fn=hvp_fn)[1], None
 
         state = jax.jit(lambda s: jax.lax.scan(body, s, None, length=steps)[0])(tx.init(p))
-        estimate = (np.asarray(state.basis_state.matrix) - np.eye(3)) / steps
+        estimate = (np.asarray(state.blocks[0].basis.matrix) - np.eye(3)) / steps
         hn = np.asarray(h)
         expected = hn if mode is True else (hn + np.eye(3)) @ (hn + np.eye(3)) / 4
         np.testing.assert_allclose(estimate, expected, atol=0.25)

@@ -33,6 +33,7 @@ from lowrank_optax._src.lre.flatten import put_rows, zeros_rows
 from lowrank_optax._src.lre.linalg import (
     contract,
     eigh_update,
+    keep_if,
     masked_eigh,
     masked_max,
     match,
@@ -141,11 +142,6 @@ class Basis(NamedTuple):
 
 def _finite(*xs: jax.Array) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in xs]))
-
-
-def _keep_if(ok: jax.Array, new: Any, old: Any) -> Any:
-    """``new`` where ``ok`` else ``old``, leaf by leaf."""
-    return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
 
 
 def _insert_columns(history: jax.Array, cols: jax.Array, idx: jax.Array) -> jax.Array:
@@ -630,7 +626,7 @@ def _eigen_family(
             debias = 1 - jnp.asarray(beta, spec.dtype) ** count.astype(spec.dtype)
         ok = jnp.any(corr.valid) & res.finite
         return BasisUpdate(
-            _keep_if(ok, new_state, state),
+            keep_if(ok, new_state, state),
             jnp.where(valid_reg, lam_reg / debias, 0),
             valid_reg,
             jnp.where(res.valid, acc / debias, 0),
@@ -1186,7 +1182,7 @@ def hebbian(
         ones = jnp.ones((r,), q.dtype)
         valid = jnp.ones((r,), jnp.bool_)
         ok = jnp.any(corr.valid) & _finite(q_new)
-        new_state = _keep_if(ok, new_state, state)
+        new_state = keep_if(ok, new_state, state)
         return BasisUpdate(new_state, ones, valid, ones, valid, contract(q_new.T, q), ok)
 
     return Basis(
@@ -1304,7 +1300,7 @@ def full_matrix(
         lam_sel = jnp.where(valid_sel, lam[idx], 0)
         ok = jnp.any(corr.valid) & _finite(lam, vecs)
         q = match(q, state.q)
-        new_state = _keep_if(ok, FullMatrixState(match(m, state.matrix), q), state)
+        new_state = keep_if(ok, FullMatrixState(match(m, state.matrix), q), state)
         rotation = contract(q.T, state.q)
         return BasisUpdate(new_state, lam_sel, valid_sel, lam_sel, valid_sel, rotation, ok)
 
@@ -1384,7 +1380,7 @@ def random(rank: int = 100, generate_freq: int = 1) -> Basis:
         ones = jnp.ones((r,), spec.dtype)
         valid = jnp.ones((r,), jnp.bool_)
         ok = jnp.any(corr.valid)
-        new_state = _keep_if(ok, RandomState(q, state.count + 1), state)
+        new_state = keep_if(ok, RandomState(q, state.count + 1), state)
         return BasisUpdate(new_state, ones, valid, ones, valid, contract(q.T, state.q), ok)
 
     return Basis(

@@ -1,7 +1,16 @@
-"""``eigenbasis_update``: the LRE driver, and the ``lre`` alias."""
+"""``eigenbasis_update``: the LRE driver, and the ``lre`` alias.
+
+One step, block by block (the flattened model is one block, or each leaf is one
+with ``per_leaf=True``): the curvature collects its inputs (:func:`_update`), the
+basis of every block is updated from the correction (:func:`_update_bases`,
+inside a ``lax.cond`` unless every step updates), and the inner transformation
+runs on the coordinates (:func:`_run_inner`). The per-block state is one type,
+:class:`EigenbasisBlockState`; a block's step returns a :class:`_BlockStep`.
+"""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -9,25 +18,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import PartitionSpec
 from optax._src import base as optax_base
-from optax.tree_utils import _state_utils
+
+# optax.tree_map_params calls init on this placeholder; optax has no public name for
+# it, and init must recognise it to return a state with no parameter-shaped array.
+from optax.tree_utils._state_utils import _ParamsPlaceholder
 
 from lowrank_optax._src import validation as v
 from lowrank_optax._src.adam_in_basis import scale_by_adam_in_basis
 from lowrank_optax._src.basis_rotation import BasisRotation
-from lowrank_optax._src.linalg import full_precision
+from lowrank_optax._src.linalg import decomposition_dtype, full_precision
 from lowrank_optax._src.lre import bases as bases_lib
 from lowrank_optax._src.lre import curvatures as curvatures_lib
 from lowrank_optax._src.lre import flatten
 from lowrank_optax._src.lre.bases import Basis, BasisSpec
-from lowrank_optax._src.lre.curvatures import CollectContext, Correction, Curvature
+from lowrank_optax._src.lre.curvatures import Buffers, CollectContext, Correction, Curvature
 from lowrank_optax._src.lre.inner import (
     CurvatureProbes,
     cautious_in_basis,
     clip_norm_by_ema_in_basis,
 )
-from lowrank_optax._src.lre.linalg import tiny
+from lowrank_optax._src.lre.linalg import keep_if, tiny
 
 RESERVED_EXTRA_ARGS = (
     "projected_grad",
@@ -36,55 +47,263 @@ RESERVED_EXTRA_ARGS = (
     "basis_valid",
     "curvature_probes",
 )
-SYMMETRIZE = (True, False, "average")
 
 
-class EigenbasisState(NamedTuple):
-    """State of :func:`eigenbasis_update`.
+class EigenbasisBlockState(NamedTuple):
+    """State of one basis block of :func:`eigenbasis_update`.
 
-    With ``per_leaf=False`` (default) every per-basis field holds one array; with
-    ``per_leaf=True`` a tuple with one entry per leaf (in ``jax.tree.leaves``
-    order). The basis vectors ``Q`` live in ``basis_state`` (explicit ``(n, r)``
-    columns, or the GGT history and coefficients with ``Q = history @ w``).
+    A block is the whole flattened model (``per_leaf=False``) or one leaf.
 
     Attributes:
-      count: number of completed steps (int32 scalar).
+      basis: state of the basis; it holds ``Q`` (explicit ``(n, r)`` columns, or
+        the GGT history and coefficients with ``Q = history @ w``).
       eigenvalues: ``(r,)`` regularised eigenvalues ``L_reg`` (0 where invalid).
       valid: ``(r,)`` mask of the regularised basis used for the step.
       acc_eigenvalues: ``(r,)`` accumulator eigenvalues ``L_acc`` (for BFGS/SR1).
       acc_valid: ``(r,)`` mask of the accumulator basis.
       has_basis: boolean scalar; a basis update has succeeded.
+    """
+
+    basis: Any
+    eigenvalues: jax.Array
+    valid: jax.Array
+    acc_eigenvalues: jax.Array
+    acc_valid: jax.Array
+    has_basis: jax.Array
+
+
+class EigenbasisState(NamedTuple):
+    """State of :func:`eigenbasis_update`.
+
+    Attributes:
+      count: number of completed steps (int32 scalar).
+      blocks: one :class:`EigenbasisBlockState` per basis: a 1-tuple, or one per
+        leaf (in ``jax.tree.leaves`` order) with ``per_leaf=True``.
       curvature_state: state of the curvature (global).
-      basis_state: state of the basis.
       inner_state: state of the inner transformation (at the ``r``-dimensional
         coordinate shapes).
       key: PRNG key (``uint32[2]``), split every step.
     """
 
     count: jax.Array
-    eigenvalues: Any
-    valid: Any
-    acc_eigenvalues: Any
-    acc_valid: Any
-    has_basis: Any
+    blocks: tuple[EigenbasisBlockState, ...]
     curvature_state: Any
-    basis_state: Any
     inner_state: optax.OptState
     key: jax.Array
 
 
-def _compute_dtype(dtype: Any, compute_dtype: Any) -> Any:
+class _Config(NamedTuple):
+    """The validated, static arguments of one :func:`eigenbasis_update`."""
+
+    inner: optax.GradientTransformationExtraArgs
+    curvature: Curvature
+    basis: Basis
+    update_freq: int
+    init_steps: int
+    symmetrize: bool | str
+    per_leaf: bool
+    compute_dtype: Any
+    seed: int
+    k: int  # correction columns per basis update (after symmetrisation)
+    has_z: bool  # the basis receives a Z factor
+    signed: bool  # the basis receives signed columns
+
+
+class _Layout(NamedTuple):
+    """Where each block lives in the flat ``(n,)`` vector, and how it is sharded."""
+
+    blocks: list[tuple[int, int]]  # (start, size)
+    rows: Any  # layout of the flat vector on an Explicit mesh, else None
+    block_rows: list[Any]  # layout of each block
+    specs: list[BasisSpec]
+
+    def take(self, a: jax.Array, i: int) -> jax.Array:
+        start, size = self.blocks[i]
+        return flatten.block(a, start, size, self.block_rows[i])
+
+    def join(self, parts: list[jax.Array]) -> jax.Array:
+        return flatten.join(parts, self.rows)
+
+
+class _BlockStep(NamedTuple):
+    """What one block's basis update hands to the inner step."""
+
+    block: EigenbasisBlockState
+    rotation: BasisRotation  # left = C = Q_newᵀQ_old (masked), apply
+    projection: jax.Array | None  # Qᵀg from the update itself (fused bases)
+
+
+def _inner_transformation(inner: Any) -> optax.GradientTransformationExtraArgs:
+    def check(tx: Any, name: str) -> None:
+        if not (callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None))):
+            raise TypeError(
+                f"`{name}` must be an optax.GradientTransformation (e.g. "
+                f"lowrank.scale_by_adam_in_basis()), a list of them, or None; got {tx!r}."
+            )
+
+    if inner is None or (isinstance(inner, (list, tuple)) and not inner):
+        return optax.with_extra_args_support(optax.identity())
+    if isinstance(inner, (list, tuple)):
+        for i, tx in enumerate(inner):
+            check(tx, f"inner[{i}]")
+        return optax.chain(*inner)
+    check(inner, "inner")
+    return optax.with_extra_args_support(inner)
+
+
+def _check_compute_dtype(compute_dtype: Any) -> Any:
     if compute_dtype is None:
-        return jnp.promote_types(dtype, jnp.float32)
-    return jnp.promote_types(jnp.dtype(compute_dtype), jnp.float32)
+        return None
+    try:
+        dtype = jnp.dtype(compute_dtype)
+    except TypeError:
+        dtype = None
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(
+            "`compute_dtype` must be None or a real floating-point dtype (float32, "
+            f"float64; smaller ones are promoted to float32), got {compute_dtype!r}."
+        )
+    return dtype
 
 
-def _blocks(tree: Any, per_leaf: bool) -> list[tuple[int, int]]:
-    sizes = [int(x.size) for x in jax.tree.leaves(tree)]
-    if not per_leaf:
-        return [(0, sum(sizes))]
-    starts = [sum(sizes[:i]) for i in range(len(sizes))]
-    return list(zip(starts, sizes, strict=True))
+def _check_floating(tree: Any, name: str) -> list[Any]:
+    leaves = jax.tree.leaves(tree)
+    for x in leaves:
+        if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
+            raise ValueError(
+                f"lowrank.eigenbasis_update needs real floating-point {name}, got a leaf of "
+                f"dtype {jnp.result_type(x)}; cast integer or complex parameters to a float "
+                "dtype (float16 and bfloat16 are computed in float32)."
+            )
+    return leaves
+
+
+def _config(
+    inner: Any,
+    curvature: Any,
+    basis: Any,
+    update_freq: Any,
+    init_steps: Any,
+    symmetrize: Any,
+    per_leaf: Any,
+    compute_dtype: Any,
+    seed: Any,
+) -> _Config:
+    """Validates :func:`eigenbasis_update`'s arguments (``None`` means the default)."""
+    inner_tx = _inner_transformation(inner)
+    if not isinstance(curvature, Curvature):
+        raise ValueError(
+            "`curvature` must be a lowrank.curvatures instance (e.g. "
+            f"lowrank.curvatures.covariance()), got {curvature!r}."
+        )
+    if not isinstance(basis, Basis):
+        raise ValueError(
+            f"`basis` must be a lowrank.bases instance (e.g. lowrank.bases.ggt()), got {basis!r}."
+        )
+    update_freq = v.check_int("update_freq", 1 if update_freq is None else update_freq, minimum=1)
+    init_steps = v.check_int("init_steps", 0 if init_steps is None else init_steps, minimum=0)
+    seed = v.check_int("seed", 0 if seed is None else seed, minimum=0)
+    if not (symmetrize is True or symmetrize is False or symmetrize == "average"):
+        raise ValueError(f"`symmetrize` must be one of True, False, 'average'; got {symmetrize!r}.")
+    if not isinstance(per_leaf, (bool, np.bool_)):
+        raise ValueError(f"`per_leaf` must be True or False, got {per_leaf!r}.")
+    has_z = curvature.has_z and symmetrize is False
+    exact_sym = curvature.has_z and symmetrize is True
+    signed = curvature.signed or exact_sym
+    if basis.symmetric_only and has_z:
+        raise ValueError(
+            f"lowrank.bases.{basis.name} needs symmetric corrections, but "
+            f"lowrank.curvatures.{curvature.name} with symmetrize=False gives asymmetric "
+            "ones; use symmetrize=True or 'average'."
+        )
+    if basis.unsigned_only and signed:
+        raise ValueError(
+            f"lowrank.bases.{basis.name} needs positive semi-definite corrections, but "
+            f"lowrank.curvatures.{curvature.name} (symmetrize={symmetrize!r}) gives signed "
+            "ones."
+        )
+    k = curvature.columns(update_freq) * (2 if exact_sym else 1)
+    return _Config(
+        inner_tx,
+        curvature,
+        basis,
+        update_freq,
+        init_steps,
+        symmetrize,
+        bool(per_leaf),
+        _check_compute_dtype(compute_dtype),
+        seed,
+        k,
+        has_z,
+        signed,
+    )
+
+
+def _layout(cfg: _Config, tree: Any, dtype: Any) -> _Layout:
+    """Blocks of the flattened ``tree`` and their layouts (Explicit meshes)."""
+    leaves = jax.tree.leaves(tree)
+    sizes = [int(np.prod(jnp.shape(x))) for x in leaves]
+    rows = flatten.rows_sharding(leaves)
+    if cfg.per_leaf:
+        blocks = [(sum(sizes[:i]), size) for i, size in enumerate(sizes)]
+        block_rows = [rows if rows is None else flatten.rows_sharding([x]) for x in leaves]
+    else:
+        blocks, block_rows = [(0, sum(sizes))], [rows]
+    specs = [
+        BasisSpec(size, cfg.k, dtype, cfg.has_z, cfg.signed, r)
+        for (_, size), r in zip(blocks, block_rows, strict=True)
+    ]
+    return _Layout(blocks, rows, block_rows, specs)
+
+
+def _compute_dtype(cfg: _Config, dtype: Any) -> Any:
+    return decomposition_dtype(dtype if cfg.compute_dtype is None else cfg.compute_dtype)
+
+
+def _coordinates(cfg: _Config, items: list[Any], like: Any) -> Any:
+    """The inner transformation's view of per-block items: one, or a tree like ``like``."""
+    if not cfg.per_leaf:
+        return items[0]
+    return jax.tree.unflatten(jax.tree.structure(like), items)
+
+
+def _init(cfg: _Config, params: optax.Params) -> EigenbasisState:
+    if isinstance(params, _ParamsPlaceholder):
+        # optax.tree_map_params: nothing here has a parameter's shape.
+        return EigenbasisState(*([0] * len(EigenbasisState._fields)))  # type: ignore[arg-type]
+    # Size and dtype of the flattened vector without concatenating (init must
+    # also trace on abstract, possibly Explicit-sharded, parameters).
+    leaves = _check_floating(params, "parameters")
+    dtype = _compute_dtype(cfg, jnp.result_type(*leaves))
+    layout = _layout(cfg, params, dtype)
+    n = sum(size for _, size in layout.blocks)
+    key, *block_keys = jax.random.split(jax.random.PRNGKey(cfg.seed), len(layout.specs) + 1)
+    blocks, coords = [], []
+    for spec, block_key in zip(layout.specs, block_keys, strict=True):
+        r = cfg.basis.rank(spec)
+        # Fresh arrays for every field: states must not share buffers (donation).
+        blocks.append(
+            EigenbasisBlockState(
+                basis=cfg.basis.init(spec, block_key),
+                eigenvalues=jnp.zeros((r,), dtype),
+                valid=jnp.zeros((r,), jnp.bool_),
+                acc_eigenvalues=jnp.zeros((r,), dtype),
+                acc_valid=jnp.zeros((r,), jnp.bool_),
+                has_basis=jnp.zeros([], jnp.bool_),
+            )
+        )
+        coords.append(jnp.zeros((r,), dtype))
+    curvature_state = jax.tree.map(
+        lambda a: flatten.put_rows(a, layout.rows) if jnp.ndim(a) and a.shape[0] == n else a,
+        cfg.curvature.init(n, dtype, cfg.update_freq),
+    )
+    return EigenbasisState(
+        count=jnp.zeros([], jnp.int32),
+        blocks=tuple(blocks),
+        curvature_state=curvature_state,
+        inner_state=cfg.inner.init(_coordinates(cfg, coords, params)),
+        key=key,
+    )
 
 
 def _symmetrized(corr: Correction, mode: Any) -> Correction:
@@ -102,8 +321,218 @@ def _symmetrized(corr: Correction, mode: Any) -> Correction:
     )
 
 
-def _select(ok: jax.Array, new: Any, old: Any) -> Any:
-    return jax.tree.map(lambda n_leaf, o_leaf: jnp.where(ok, n_leaf, o_leaf), new, old)
+def _project_out(
+    cfg: _Config, layout: _Layout, blocks: Sequence[EigenbasisBlockState], z: jax.Array
+) -> jax.Array:
+    """``z − Q(Qᵀz)`` block by block in the accumulator basis (``z`` where none yet)."""
+    parts = []
+    for i, block in enumerate(blocks):
+        zb = layout.take(z, i)
+        coords = jnp.where(block.acc_valid, cfg.basis.project(block.basis, zb), 0)
+        parts.append(jnp.where(block.has_basis, zb - cfg.basis.unproject(block.basis, coords), zb))
+    return layout.join(parts)
+
+
+def _normalize(layout: _Layout, z: jax.Array) -> jax.Array:
+    """``z / max(‖z‖, tiny)`` block by block."""
+    parts = []
+    for i in range(len(layout.blocks)):
+        zb = layout.take(z, i)
+        parts.append(zb / jnp.maximum(jnp.linalg.norm(zb), tiny(zb.dtype)))
+    return layout.join(parts)
+
+
+def _update_block(
+    cfg: _Config,
+    layout: _Layout,
+    i: int,
+    old: EigenbasisBlockState,
+    buffers: Buffers,
+    g: jax.Array,
+    key: jax.Array,
+) -> _BlockStep:
+    """Updates block ``i``'s basis from the curvature's buffers (old basis if it fails)."""
+    basis = cfg.basis
+    lam_acc = jnp.where(old.acc_valid, old.acc_eigenvalues, 0)
+
+    def apply_b(s: jax.Array) -> jax.Array:  # B s = Q_acc diag(L_acc) Q_accᵀ s
+        return basis.unproject(old.basis, lam_acc[:, None] * basis.project(old.basis, s))
+
+    rows = tuple(layout.take(a, i) for a in buffers.rows)
+    corr = cfg.curvature.correction(rows, buffers.col_valid, apply_b, old.has_basis)
+    corr = _symmetrized(corr, cfg.symmetrize)
+    x = layout.take(g, i) if basis.fused_projection else None
+    res = basis.update(layout.specs[i], old.basis, corr, key, x=x)
+    lam, valid, lam_acc, acc_valid = keep_if(
+        res.ok,
+        (res.eigenvalues, res.valid, res.acc_eigenvalues, res.acc_valid),
+        (old.eigenvalues, old.valid, old.acc_eigenvalues, old.acc_valid),
+    )
+    # Bases revert their own state when not ok (no select over the large arrays).
+    new = EigenbasisBlockState(res.state, lam, valid, lam_acc, acc_valid, old.has_basis | res.ok)
+    c = jnp.where(new.valid[:, None] & old.valid[None, :], res.rotation, 0)
+    rotation = BasisRotation(c.astype(layout.specs[i].dtype), None, res.ok & old.has_basis)
+    return _BlockStep(new, rotation, res.projection)
+
+
+def _keep_block(
+    cfg: _Config, layout: _Layout, i: int, old: EigenbasisBlockState, g: jax.Array
+) -> _BlockStep:
+    """Block ``i`` on a step without a basis update."""
+    r = old.eigenvalues.shape[0]
+    rotation = BasisRotation(
+        jnp.zeros((r, r), layout.specs[i].dtype), None, jnp.zeros([], jnp.bool_)
+    )
+    fused = cfg.basis.fused_projection
+    projection = cfg.basis.project(old.basis, layout.take(g, i)) if fused else None
+    return _BlockStep(old, rotation, projection)
+
+
+def _update_bases(
+    cfg: _Config,
+    layout: _Layout,
+    blocks: tuple[EigenbasisBlockState, ...],
+    buffers: Buffers,
+    g: jax.Array,
+    key: jax.Array,
+    should_update: jax.Array,
+) -> tuple[_BlockStep, ...]:
+    keys = jax.random.split(key, len(blocks))
+
+    # Basis maintenance at full precision whatever jax_default_matmul_precision
+    # says (TF32/bf16 passes would erode the basis's orthonormality).
+    @full_precision
+    def update() -> tuple[_BlockStep, ...]:
+        return tuple(
+            _update_block(cfg, layout, i, b, buffers, g, keys[i]) for i, b in enumerate(blocks)
+        )
+
+    def keep() -> tuple[_BlockStep, ...]:
+        return tuple(_keep_block(cfg, layout, i, b, g) for i, b in enumerate(blocks))
+
+    if cfg.update_freq == 1 and cfg.init_steps == 0:
+        return update()  # static: no cond (also keeps eager-mode updates cheap)
+    return jax.lax.cond(should_update, update, keep)
+
+
+def _inner_arguments(
+    cfg: _Config,
+    layout: _Layout,
+    steps: tuple[_BlockStep, ...],
+    g: jax.Array,
+    probes: tuple[jax.Array, jax.Array] | None,
+    should_update: jax.Array,
+    like: Any,
+) -> dict[str, Any]:
+    """The driver's extra arguments of the inner transformation (see the docstring)."""
+    blocks = [s.block for s in steps]
+
+    def coordinates(vec: jax.Array) -> Any:
+        return _coordinates(
+            cfg,
+            [
+                jnp.where(b.valid, cfg.basis.project(b.basis, layout.take(vec, i)), 0)
+                for i, b in enumerate(blocks)
+            ],
+            like,
+        )
+
+    if cfg.basis.fused_projection:  # Qᵀg came out of the basis update's pass over Q
+        g_p = _coordinates(cfg, [jnp.where(s.block.valid, s.projection, 0) for s in steps], like)
+    else:
+        g_p = coordinates(g)
+    kwargs = {
+        "projected_grad": g_p,
+        "basis_rotation": _coordinates(cfg, [s.rotation for s in steps], like),
+        "eigenvalues": _coordinates(cfg, [b.eigenvalues for b in blocks], like),
+        "basis_valid": _coordinates(cfg, [b.valid for b in blocks], like),
+    }
+    if probes is not None:
+        kwargs["curvature_probes"] = CurvatureProbes(
+            coordinates(probes[0]), coordinates(probes[1]), should_update
+        )
+    return kwargs
+
+
+def _run_inner(
+    cfg: _Config,
+    layout: _Layout,
+    blocks: tuple[EigenbasisBlockState, ...],
+    inner_state: optax.OptState,
+    kwargs: dict[str, Any],
+) -> tuple[jax.Array, optax.OptState]:
+    """Steps the inner transformation and maps its output back: the flat ``Q u_p``."""
+    u_p, inner_state = cfg.inner.update(kwargs["projected_grad"], inner_state, None, **kwargs)
+    u_leaves = jax.tree.leaves(u_p) if cfg.per_leaf else [u_p]
+    parts = [
+        cfg.basis.unproject(b.basis, jnp.where(b.valid, u.astype(spec.dtype), 0))
+        for b, u, spec in zip(blocks, u_leaves, layout.specs, strict=True)
+    ]
+    return layout.join(parts), inner_state
+
+
+def _update(
+    cfg: _Config,
+    updates: optax.Updates,
+    state: EigenbasisState,
+    params: optax.Params | None,
+    extra_args: dict[str, Any],
+) -> tuple[optax.Updates, EigenbasisState]:
+    for name in RESERVED_EXTRA_ARGS:
+        if name in extra_args:
+            raise TypeError(
+                f"`{name}` is reserved by lowrank.eigenbasis_update and cannot be passed "
+                "as an extra argument."
+            )
+    if cfg.curvature.needs_params and params is None:
+        raise ValueError(
+            f"lowrank.curvatures.{cfg.curvature.name} reads the parameters: "
+            + optax_base.NO_PARAMS_MSG
+        )
+    dtype = _compute_dtype(cfg, jnp.result_type(*_check_floating(updates, "gradients")))
+    layout = _layout(cfg, updates, dtype)
+    flat_g, unravel = flatten.ravel(updates, layout.rows)
+    g = flat_g.astype(dtype)
+    x, unravel_params = None, unravel
+    if params is not None:
+        x, unravel_params = flatten.ravel(params, layout.rows)
+        x = x.astype(dtype)
+    count = state.count
+    should_update = (count % cfg.update_freq == 0) | (count < cfg.init_steps)
+    key, k_curv, k_basis = jax.random.split(state.key, 3)
+    ctx = CollectContext(
+        grad=g,
+        params=x,
+        unravel=unravel_params,
+        extra=extra_args,
+        should_update=should_update,
+        count=count,
+        key=k_curv,
+        project_out=functools.partial(_project_out, cfg, layout, state.blocks),
+        normalize=functools.partial(_normalize, layout),
+        always_update=cfg.update_freq == 1 and cfg.init_steps == 0,
+        rows=layout.rows,
+    )
+    curvature_state, buffers, probes = cfg.curvature.collect(state.curvature_state, ctx)
+    steps = _update_bases(cfg, layout, state.blocks, buffers, g, k_basis, should_update)
+    blocks = tuple(s.block for s in steps)
+    kwargs = dict(extra_args)
+    kwargs.update(_inner_arguments(cfg, layout, steps, g, probes, should_update, updates))
+
+    step = functools.partial(_run_inner, cfg, layout, blocks, state.inner_state, kwargs)
+    if cfg.init_steps > 0:
+        u, inner_state = jax.lax.cond(
+            count < cfg.init_steps, lambda: (jnp.zeros_like(g), state.inner_state), step
+        )
+    else:
+        u, inner_state = step()
+    # A non-finite gradient gives a NaN update whatever the inner chain makes of it
+    # (a cautious mask or a fresh basis would otherwise turn it into a silent 0).
+    u = jnp.where(jnp.all(jnp.isfinite(g)), u, jnp.nan)
+    new_state = EigenbasisState(
+        optax.safe_increment(count), blocks, curvature_state, inner_state, key
+    )
+    return unravel(u.astype(flat_g.dtype)), new_state
 
 
 def eigenbasis_update(
@@ -111,12 +540,12 @@ def eigenbasis_update(
     *,
     curvature: Curvature,
     basis: Basis,
-    update_freq: int = 1,
-    init_steps: int = 0,
+    update_freq: int | None = None,
+    init_steps: int | None = None,
     symmetrize: bool | str = True,
     per_leaf: bool = False,
     compute_dtype: Any | None = None,
-    seed: int = 0,
+    seed: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Runs ``inner`` in a low-rank eigenbasis of a curvature matrix (LRE).
 
@@ -159,8 +588,19 @@ def eigenbasis_update(
 
     Shapes are static: ``r`` columns with validity masks (see
     :mod:`lowrank.bases`). Decompositions run in ``compute_dtype`` (default: the
-    parameters' dtype promoted to at least float32); bases and inner state are
-    stored in it; updates are returned in the gradients' dtypes.
+    parameters' dtype promoted to at least float32, so float16 and bfloat16
+    parameters are computed in float32); bases and inner state are stored in it;
+    updates are returned in the gradients' dtypes. Integer, boolean and complex
+    parameters or gradients raise ``ValueError``.
+
+    Non-finite gradients: a gradient with any NaN or infinite entry gives an
+    all-NaN update (as :func:`optax.adam`), whatever the inner transformation
+    does with it (a cautious mask, for example, would turn it into a silent 0),
+    and the basis is kept. The inner state takes whatever the inner
+    transformation computes from the non-finite coordinates (Adam's moments
+    become NaN, as in :func:`optax.adam`). To skip such steps instead, wrap the
+    optimizer in :func:`optax.apply_if_finite`, which also keeps the previous
+    state.
 
     ``symmetrize`` (for curvatures with a second factor :math:`Z`, i.e.
     :func:`lowrank.curvatures.full_hutchinson_hessian`): ``True`` passes the exact
@@ -170,7 +610,7 @@ def eigenbasis_update(
     passes :math:`Z` to the basis.
 
     Sharding: arrays with ``n`` rows (the flattened gradient, and those in
-    ``curvature_state`` and ``basis_state``) are sharded along ``n`` over the mesh
+    ``curvature_state`` and the blocks' ``basis`` states) are sharded along ``n`` over the mesh
     axes that shard the parameters (in order of first appearance in their specs;
     the last axis is dropped while ``n`` is not divisible by the axes' sizes, and
     with none left they are replicated; with ``per_leaf`` each block follows its
@@ -194,28 +634,40 @@ def eigenbasis_update(
        at least float32 (deviation 13). See each curvature, basis and inner
        transformation for theirs.
 
+    Every argument is structural: under :func:`optax.inject_hyperparams` list the
+    ones you pass among ``update_freq``, ``init_steps``, ``seed`` and
+    ``compute_dtype`` in ``static_args`` (arguments left at their defaults, the
+    curvature, the basis, ``inner``, booleans and strings need no listing).
+
     Args:
       inner: basis-aware transformation (or list, chained in order) run on the
         coordinates, e.g. ``[lowrank.scale_by_adam_in_basis(b2=0.99),
-        lowrank.cautious_in_basis()]``; ``None`` is the identity (the update is
-        then :math:`QQ^\top g`).
+        lowrank.cautious_in_basis()]``; ``None`` or ``[]`` is the identity (the
+        update is then :math:`QQ^\top g`).
       curvature: a :mod:`lowrank.curvatures` instance.
       basis: a :mod:`lowrank.bases` instance.
-      update_freq: steps between basis updates (``>= 1``).
-      init_steps: leading steps that only build the basis (``>= 0``).
+      update_freq: steps between basis updates (an integer ``>= 1``; ``None``
+        means 1).
+      init_steps: leading steps that only build the basis (an integer ``>= 0``;
+        ``None`` means 0).
       symmetrize: ``True``, ``False`` or ``'average'`` (see above).
       per_leaf: one basis per leaf instead of one for the flattened model.
-      compute_dtype: dtype of decompositions and stored bases (at least float32).
-      seed: seed of the PRNG key kept in the state.
+      compute_dtype: real floating dtype of decompositions and stored bases
+        (promoted to at least float32); ``None``: the parameters' dtype.
+      seed: seed of the PRNG key kept in the state (an integer ``>= 0``; ``None``
+        means 0).
 
     Returns:
       The corresponding :class:`optax.GradientTransformationExtraArgs`.
 
     Raises:
+      TypeError: ``inner`` (or an entry of the list) is not a gradient
+        transformation.
       ValueError: invalid arguments; a basis requiring symmetric (or unsigned)
         corrections combined with a curvature that produces asymmetric (signed)
         ones; at ``update``, missing extra arguments a curvature needs, or
-        ``params=None`` for a curvature that reads parameters.
+        ``params=None`` for a curvature that reads parameters; non-floating parameters
+        or gradients.
 
     Examples:
       >>> import jax, jax.numpy as jnp, optax
@@ -242,106 +694,12 @@ def eigenbasis_update(
       Agarwal et al, `Efficient Full-Matrix Adaptive Regularization
       <https://arxiv.org/abs/1806.02958>`_, 2019
     """
-    if not isinstance(curvature, Curvature):
-        raise ValueError(
-            "`curvature` must be a lowrank.curvatures instance (e.g. "
-            f"lowrank.curvatures.covariance()), got {curvature!r}."
-        )
-    if not isinstance(basis, Basis):
-        raise ValueError(
-            f"`basis` must be a lowrank.bases instance (e.g. lowrank.bases.ggt()), got {basis!r}."
-        )
-    update_freq = v.check_int("update_freq", update_freq, minimum=1)
-    init_steps = v.check_int("init_steps", init_steps, minimum=0)
-    if not any(symmetrize is s for s in SYMMETRIZE) and symmetrize != "average":
-        raise ValueError(f"`symmetrize` must be one of True, False, 'average'; got {symmetrize!r}.")
-    per_leaf = bool(per_leaf)
-    seed = v.check_int("seed", seed, minimum=0)
-    has_z = curvature.has_z and symmetrize is False
-    signed = curvature.signed or (curvature.has_z and symmetrize is True)
-    k = curvature.columns(update_freq) * (2 if curvature.has_z and symmetrize is True else 1)
-    if basis.symmetric_only and has_z:
-        raise ValueError(
-            f"lowrank.bases.{basis.name} needs symmetric corrections, but "
-            f"lowrank.curvatures.{curvature.name} with symmetrize=False gives asymmetric "
-            "ones; use symmetrize=True or 'average'."
-        )
-    if basis.unsigned_only and signed:
-        raise ValueError(
-            f"lowrank.bases.{basis.name} needs positive semi-definite corrections, but "
-            f"lowrank.curvatures.{curvature.name} (symmetrize={symmetrize!r}) gives signed "
-            "ones."
-        )
-    if inner is None:
-        inner_tx: optax.GradientTransformationExtraArgs = optax.with_extra_args_support(
-            optax.identity()
-        )
-    elif isinstance(inner, (list, tuple)):
-        inner_tx = optax.chain(*inner)
-    else:
-        inner_tx = optax.with_extra_args_support(inner)
-
-    def block_rows(tree: Any) -> tuple[Any, list[Any]]:
-        # Layout of the flat vector and of each basis block on an Explicit mesh
-        # (None elsewhere): the whole model, or one block per leaf following it.
-        leaves = jax.tree.leaves(tree)
-        rows = flatten.rows_sharding(leaves)
-        if rows is None or not per_leaf:
-            return rows, [rows] * len(_blocks(tree, per_leaf))
-        return rows, [flatten.rows_sharding([leaf]) for leaf in leaves]
-
-    def specs_of(tree: Any, dtype: Any, rows: list[Any]) -> list[BasisSpec]:
-        return [
-            BasisSpec(size, k, dtype, has_z, signed, r)
-            for (_, size), r in zip(_blocks(tree, per_leaf), rows, strict=True)
-        ]
-
-    def pack(items: list[Any], like: Any) -> Any:
-        if not per_leaf:
-            return items[0]
-        return jax.tree.unflatten(jax.tree.structure(like), items)
-
-    def as_list(x: Any) -> list[Any]:
-        return list(x) if per_leaf else [x]
-
-    def store(items: list[Any]) -> Any:
-        return tuple(items) if per_leaf else items[0]
+    cfg = _config(
+        inner, curvature, basis, update_freq, init_steps, symmetrize, per_leaf, compute_dtype, seed
+    )
 
     def init_fn(params: optax.Params) -> EigenbasisState:
-        if isinstance(params, _state_utils._ParamsPlaceholder):
-            # optax.tree_map_params: nothing here has a parameter's shape.
-            return EigenbasisState(*([0] * len(EigenbasisState._fields)))  # type: ignore[arg-type]
-        # Size and dtype of the flattened vector without concatenating (init must
-        # also trace on abstract, possibly Explicit-sharded, parameters).
-        leaves = jax.tree.leaves(params)
-        n = sum(int(np.prod(jnp.shape(x))) for x in leaves)
-        dtype = _compute_dtype(jnp.result_type(*leaves), compute_dtype)
-        rows, rows_per_block = block_rows(params)
-        specs = specs_of(params, dtype, rows_per_block)
-        key = jax.random.PRNGKey(seed)
-        key, *bkeys = jax.random.split(key, len(specs) + 1)
-        ranks = [basis.rank(s) for s in specs]
-
-        # Fresh arrays for every field: states must not share buffers (donation).
-        def zeros(shape: Any, dt: Any) -> Any:
-            return store([jnp.zeros(shape(r), dt) for r in ranks])
-
-        proxies = pack([jnp.zeros((r,), dtype) for r in ranks], params)
-        return EigenbasisState(
-            count=jnp.zeros([], jnp.int32),
-            eigenvalues=zeros(lambda r: (r,), dtype),
-            valid=zeros(lambda r: (r,), jnp.bool_),
-            acc_eigenvalues=zeros(lambda r: (r,), dtype),
-            acc_valid=zeros(lambda r: (r,), jnp.bool_),
-            has_basis=zeros(lambda r: (), jnp.bool_),
-            curvature_state=jax.tree.map(
-                lambda a: flatten.put_rows(a, rows) if jnp.ndim(a) and a.shape[0] == n else a,
-                curvature.init(n, dtype, update_freq),
-            ),
-            basis_state=store([basis.init(s, bk) for s, bk in zip(specs, bkeys, strict=True)]),
-            inner_state=inner_tx.init(proxies),
-            key=key,
-        )
+        return _init(cfg, params)
 
     def update_fn(
         updates: optax.Updates,
@@ -349,220 +707,9 @@ def eigenbasis_update(
         params: optax.Params | None = None,
         **extra_args: Any,
     ) -> tuple[optax.Updates, EigenbasisState]:
-        for name in RESERVED_EXTRA_ARGS:
-            if name in extra_args:
-                raise TypeError(
-                    f"`{name}` is reserved by lowrank.eigenbasis_update and cannot be passed "
-                    "as an extra argument."
-                )
-        if curvature.needs_params and params is None:
-            raise ValueError(
-                f"lowrank.curvatures.{curvature.name} reads the parameters: "
-                + optax_base.NO_PARAMS_MSG
-            )
-        rows_all, rows_per_block = block_rows(updates)
-        flat_g, unravel = flatten.ravel(updates, rows_all)
-        dtype = _compute_dtype(flat_g.dtype, compute_dtype)
-        g = flat_g.astype(dtype)
-        x = None if params is None else flatten.ravel(params, rows_all)[0].astype(dtype)
-        _, unravel_params = flatten.ravel(updates if params is None else params, rows_all)
-        blocks = _blocks(updates, per_leaf)
-        specs = specs_of(updates, dtype, rows_per_block)
-        count = state.count
-        always_update = update_freq == 1 and init_steps == 0
-        should_update = (count % update_freq == 0) | (count < init_steps)
-        key, k_curv, k_basis = jax.random.split(state.key, 3)
-
-        bstates = as_list(state.basis_state)
-        lam_old = as_list(state.eigenvalues)
-        valid_old = as_list(state.valid)
-        acc_old = as_list(state.acc_eigenvalues)
-        acc_valid_old = as_list(state.acc_valid)
-        has_old = as_list(state.has_basis)
-
-        def rows(a: jax.Array, i: int) -> jax.Array:
-            start, size = blocks[i]
-            return flatten.block(a, start, size, rows_per_block[i])
-
-        def join(parts: list[jax.Array]) -> jax.Array:
-            return flatten.join(parts, rows_all)
-
-        def project_out(zv: jax.Array) -> jax.Array:
-            parts = []
-            for i, bs in enumerate(bstates):
-                zb = rows(zv, i)
-                coords = jnp.where(acc_valid_old[i], basis.project(bs, zb), 0)
-                parts.append(jnp.where(has_old[i], zb - basis.unproject(bs, coords), zb))
-            return join(parts)
-
-        def normalize(zv: jax.Array) -> jax.Array:
-            parts = []
-            for i in range(len(blocks)):
-                zb = rows(zv, i)
-                parts.append(zb / jnp.maximum(jnp.linalg.norm(zb), tiny(zb.dtype)))
-            return join(parts)
-
-        ctx = CollectContext(
-            grad=g,
-            params=x,
-            unravel=unravel_params,
-            extra=extra_args,
-            should_update=should_update,
-            count=count,
-            key=k_curv,
-            project_out=project_out,
-            normalize=normalize,
-            always_update=always_update,
-            rows=rows_all,
-        )
-        cstate, buffers, probes = curvature.collect(state.curvature_state, ctx)
-        bkeys = jax.random.split(k_basis, len(blocks))
-
-        def do_update() -> tuple[Any, ...]:
-            out: list[list[Any]] = [[] for _ in range(9)]
-            for i, (spec, bs) in enumerate(zip(specs, bstates, strict=True)):
-                block_rows = tuple(rows(a, i) for a in buffers.rows)
-                lam_acc = jnp.where(acc_valid_old[i], acc_old[i], 0)
-
-                def apply_b(s: jax.Array, bs: Any = bs, lam_acc: jax.Array = lam_acc) -> jax.Array:
-                    return basis.unproject(bs, lam_acc[:, None] * basis.project(bs, s))
-
-                corr = curvature.correction(block_rows, buffers.col_valid, apply_b, has_old[i])
-                corr = _symmetrized(corr, symmetrize)
-                x_fused = rows(g, i) if basis.fused_projection else None
-                res = basis.update(spec, bs, corr, bkeys[i], x=x_fused)
-                ok = res.ok
-
-                def pick(new: Any, old: Any, ok: jax.Array = ok) -> Any:
-                    return _select(ok, new, old)
-
-                new_valid = pick(res.valid, valid_old[i])
-                rotation = jnp.where(
-                    new_valid[:, None] & valid_old[i][None, :], res.rotation, 0
-                ).astype(dtype)
-                out[0].append(res.state)  # bases revert their own state when not ok
-                out[1].append(pick(res.eigenvalues, lam_old[i]))
-                out[2].append(new_valid)
-                out[3].append(pick(res.acc_eigenvalues, acc_old[i]))
-                out[4].append(pick(res.acc_valid, acc_valid_old[i]))
-                out[5].append(has_old[i] | ok)
-                out[6].append(rotation)
-                out[7].append(ok & has_old[i])
-                out[8].append(res.projection)
-            return tuple(out)
-
-        def keep() -> tuple[Any, ...]:
-            rot = [jnp.zeros((lv.shape[0],) * 2, dtype) for lv in lam_old]
-            no = [jnp.zeros([], jnp.bool_) for _ in lam_old]
-            proj = [
-                basis.project(bs, rows(g, i)) if basis.fused_projection else None
-                for i, bs in enumerate(bstates)
-            ]
-            return (bstates, lam_old, valid_old, acc_old, acc_valid_old, has_old, rot, no, proj)
-
-        # Basis maintenance at full precision whatever jax_default_matmul_precision
-        # says (TF32/bf16 passes would erode the basis's orthonormality).
-        do_update = full_precision(do_update)
-        if always_update:  # static: no cond (also keeps eager-mode updates cheap)
-            updated = do_update()
-        else:
-            updated = jax.lax.cond(should_update, do_update, keep)
-        (bstates_new, lam, valid, acc, acc_valid, has_basis, rots, applies, fused) = updated
-        bstates_new = list(bstates_new)
-
-        def coords_of(vec: jax.Array) -> Any:
-            return pack(
-                [
-                    jnp.where(valid[i], basis.project(bstates_new[i], rows(vec, i)), 0)
-                    for i in range(len(blocks))
-                ],
-                updates,
-            )
-
-        if basis.fused_projection:  # Qᵀg came out of the basis update's pass over Q
-            g_p = pack([jnp.where(valid[i], fused[i], 0) for i in range(len(blocks))], updates)
-        else:
-            g_p = coords_of(g)
-        inner_kwargs = dict(extra_args)
-        inner_kwargs["projected_grad"] = g_p
-        inner_kwargs["basis_rotation"] = pack(
-            [BasisRotation(c, None, a) for c, a in zip(rots, applies, strict=True)], updates
-        )
-        inner_kwargs["eigenvalues"] = pack(list(lam), updates)
-        inner_kwargs["basis_valid"] = pack(list(valid), updates)
-        if probes is not None:
-            inner_kwargs["curvature_probes"] = CurvatureProbes(
-                coords_of(probes[0]), coords_of(probes[1]), should_update
-            )
-
-        def step() -> tuple[jax.Array, Any]:
-            u_p, inner_state = inner_tx.update(g_p, state.inner_state, None, **inner_kwargs)
-            u_leaves = jax.tree.leaves(u_p) if per_leaf else [u_p]
-            parts = [
-                basis.unproject(bstates_new[i], jnp.where(valid[i], u.astype(dtype), 0))
-                for i, u in enumerate(u_leaves)
-            ]
-            return join(parts), inner_state
-
-        if init_steps > 0:
-            u, inner_state = jax.lax.cond(
-                count < init_steps, lambda: (jnp.zeros_like(g), state.inner_state), step
-            )
-        else:
-            u, inner_state = step()
-        new_updates = unravel(u.astype(flat_g.dtype))
-        new_state = EigenbasisState(
-            count=optax.safe_increment(count),
-            eigenvalues=store(list(lam)),
-            valid=store(list(valid)),
-            acc_eigenvalues=store(list(acc)),
-            acc_valid=store(list(acc_valid)),
-            has_basis=store(list(has_basis)),
-            curvature_state=cstate,
-            basis_state=store(bstates_new),
-            inner_state=inner_state,
-            key=key,
-        )
-        return new_updates, new_state
+        return _update(cfg, updates, state, params, extra_args)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-def eigenbasis_partition_specs(state: EigenbasisState, n: int, axis: Any) -> Any:
-    """Partition specs for an :class:`EigenbasisState`: ``n``-row arrays sharded on ``axis``.
-
-    Arrays in ``curvature_state`` and ``basis_state`` whose first dimension is the
-    flattened size ``n`` get ``PartitionSpec(axis)`` (sharded along ``n``);
-    everything else (``r``-sized vectors, ``r × r`` matrices, counters, keys) is
-    replicated. Use with ``per_leaf=False``.
-
-    A shape-based helper for Auto meshes when you choose the axis yourself;
-    :func:`lowrank.state_sharding` / :func:`lowrank.state_partition_specs` apply
-    the library's rule (see :func:`eigenbasis_update`) to whole optimizer states,
-    per-leaf ones included, and give the same specs for a flattened state whose
-    ``n`` the axes divide. Shape-based means that an ``r``-sized array is also
-    sharded when ``r`` happens to equal ``n`` (tiny problems).
-
-    Args:
-      state: the state (or its ``jax.eval_shape``).
-      n: the flattened parameter count.
-      axis: mesh axis name (or tuple of names) to shard ``n`` over.
-
-    Returns:
-      A tree of :class:`jax.sharding.PartitionSpec` with the structure of ``state``.
-    """
-
-    def spec(x: Any) -> PartitionSpec:
-        shape = getattr(x, "shape", ())
-        if len(shape) >= 1 and shape[0] == n:
-            return PartitionSpec(axis)
-        return PartitionSpec()
-
-    replicated = jax.tree.map(lambda _: PartitionSpec(), state)
-    return replicated._replace(
-        curvature_state=jax.tree.map(spec, state.curvature_state),
-        basis_state=jax.tree.map(spec, state.basis_state),
-    )
 
 
 def lre(
@@ -571,12 +718,12 @@ def lre(
     basis: Basis | None = None,
     inner: optax.GradientTransformation | Sequence[optax.GradientTransformation] | None = None,
     *,
-    update_freq: int = 1,
-    init_steps: int = 0,
+    update_freq: int | None = None,
+    init_steps: int | None = None,
     symmetrize: bool | str = True,
     per_leaf: bool = False,
     compute_dtype: Any | None = None,
-    seed: int = 0,
+    seed: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""LRE with the reference README's recommended configuration.
 
@@ -593,21 +740,27 @@ def lre(
 
       u = -\eta\, Q\, \mathrm{clip}_{ema}(\mathrm{cautious}(\mathrm{adam}(Q^\top g)))
 
-    Static arguments for :func:`optax.inject_hyperparams`: ``curvature``, ``basis``,
-    ``inner`` and every keyword of :func:`eigenbasis_update`; ``learning_rate`` is
-    injectable.
+    ``learning_rate`` is injectable under :func:`optax.inject_hyperparams`; every
+    other argument is structural: list the ones you pass among ``update_freq``,
+    ``init_steps``, ``seed`` and ``compute_dtype`` in ``static_args`` (defaults,
+    the curvature, the basis, ``inner``, booleans and strings need no listing).
+
+    A gradient with a NaN or infinite entry gives an all-NaN update (as
+    :func:`optax.adam`) for every inner transformation; wrap the optimizer in
+    :func:`optax.apply_if_finite` to skip such steps.
 
     Args:
-      learning_rate: learning rate :math:`\eta` or schedule.
+      learning_rate: learning rate :math:`\eta \ge 0` or schedule.
       curvature: a :mod:`lowrank.curvatures` instance (default covariance).
       basis: a :mod:`lowrank.bases` instance (default GGT).
       inner: inner transformation(s) (default as above).
-      update_freq: steps between basis updates (see :func:`eigenbasis_update`).
-      init_steps: leading steps that only build the basis.
+      update_freq: steps between basis updates (see :func:`eigenbasis_update`;
+        ``None`` means 1).
+      init_steps: leading steps that only build the basis (``None`` means 0).
       symmetrize: ``True``, ``False`` or ``'average'``.
       per_leaf: one basis per leaf instead of one for the flattened model.
       compute_dtype: dtype of decompositions and stored bases.
-      seed: seed of the PRNG key kept in the state.
+      seed: seed of the PRNG key kept in the state (``None`` means 0).
 
     Returns:
       The corresponding :class:`optax.GradientTransformationExtraArgs`.
@@ -629,6 +782,7 @@ def lre(
     References:
       Nikishev, `LRE: Low-rank eigenbasis <https://github.com/inikishev/lre>`_, 2025
     """
+    v.check_nonnegative("learning_rate", learning_rate)
     if curvature is None:
         curvature = curvatures_lib.covariance()
     if basis is None:

@@ -88,6 +88,11 @@ def _valid_like(basis_valid: Any, updates: Any) -> Any:
     return basis_valid
 
 
+def _agrees(u: jax.Array, g: jax.Array) -> jax.Array:
+    """The cautious mask ``g·u > 0``, also True where ``u`` is NaN (NaN stays NaN)."""
+    return (g * u > 0) | jnp.isnan(u)
+
+
 def _count_scale(b: Any, t: jax.Array, dtype: Any) -> jax.Array:
     """``1 − b^t`` in ``dtype``."""
     return 1 - jnp.asarray(b, dtype) ** t.astype(dtype)
@@ -232,7 +237,7 @@ def scale_by_lion_in_basis(
         def direction(m: jax.Array, gg: jax.Array) -> jax.Array:
             d = jnp.sign(b1 * m + (1 - b1) * gg)
             if cautious:
-                d = jnp.where(gg * d > 0, d, 0)
+                d = jnp.where(_agrees(d, gg), d, 0)
             return d
 
         out = jax.tree.map(direction, mu, g)
@@ -252,7 +257,8 @@ def cautious_in_basis() -> optax.GradientTransformationExtraArgs:
 
       \text{out} = u \odot \mathbb{1}[g \odot u > 0]
 
-    (no rescaling; ``projected_grad`` :math:`g`).
+    (no rescaling; ``projected_grad`` :math:`g`). A NaN entry of :math:`u` stays
+    NaN (as the reference, which multiplies by the mask).
 
     Returns:
       The corresponding :class:`optax.GradientTransformationExtraArgs` (stateless).
@@ -281,7 +287,7 @@ def cautious_in_basis() -> optax.GradientTransformationExtraArgs:
     ) -> tuple[optax.Updates, optax.EmptyState]:
         del params, extra_args
         g = _required(projected_grad, "projected_grad", "cautious_in_basis")
-        out = jax.tree.map(lambda u, gg: jnp.where(gg * u > 0, u, 0).astype(u.dtype), updates, g)
+        out = jax.tree.map(lambda u, gg: jnp.where(_agrees(u, gg), u, 0), updates, g)
         return out, state
 
     return optax.GradientTransformationExtraArgs(lambda _: optax.EmptyState(), update_fn)

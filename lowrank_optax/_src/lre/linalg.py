@@ -27,6 +27,8 @@ float32 matmul keeps ~10 mantissa bits and orthonormality would drift at 1e-3.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
@@ -71,6 +73,11 @@ def replicated(x: jax.Array) -> jax.Array:
     if spec is None or all(s is None for s in spec):
         return x
     return sharding.reshard(x, (None,) * len(spec), x)
+
+
+def keep_if(ok: jax.Array, new: Any, old: Any) -> Any:
+    """``new`` where ``ok`` else ``old``, leaf by leaf (trees of the same structure)."""
+    return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
 
 
 def sym(a: jax.Array) -> jax.Array:
