@@ -14,7 +14,11 @@ tree of them with ``per_leaf=True``) and read the driver's extra arguments:
 * ``curvature_probes``: :class:`CurvatureProbes` ``(Qᵀz, QᵀHz, present)`` from
   Hessian-vector-product curvatures.
 
-Adam is the library's one Adam core, :func:`lowrank.scale_by_adam_in_basis`.
+Adam is the library's one Adam core, :func:`lowrank.scale_by_adam_in_basis`; every
+moving average here (first moments, squared, cubed or outer-product statistics)
+and the Adam quotient of the Hutchinson variant go through the same core
+(``adam_in_basis.ema`` / ``adam_direction``), and debiasing through
+:func:`optax.tree.bias_correction`.
 A list of inner transformations is chained in order. Stateless optax pieces
 (``optax.clip``, :func:`lowrank.clip_by_leaf_norm`, ``optax.scale_by_sign``,
 ``optax.zero_nans``) can be chained too.
@@ -28,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from lowrank_optax._src import adam_in_basis as adam_core
 from lowrank_optax._src import validation as v
 from lowrank_optax._src.basis_rotation import (
     BasisRotation,
@@ -36,7 +41,7 @@ from lowrank_optax._src.basis_rotation import (
     rotate_diagonal,
     rotate_linear,
 )
-from lowrank_optax._src.lre.linalg import regularize, sym, tiny
+from lowrank_optax._src.lre.linalg import keep_if, regularize, sym, tiny
 
 
 class CurvatureProbes(NamedTuple):
@@ -91,11 +96,6 @@ def _valid_like(basis_valid: Any, updates: Any) -> Any:
 def _agrees(u: jax.Array, g: jax.Array) -> jax.Array:
     """The cautious mask ``g·u > 0``, also True where ``u`` is NaN (NaN stays NaN)."""
     return (g * u > 0) | jnp.isnan(u)
-
-
-def _count_scale(b: Any, t: jax.Array, dtype: Any) -> jax.Array:
-    """``1 − b^t`` in ``dtype``."""
-    return 1 - jnp.asarray(b, dtype) ** t.astype(dtype)
 
 
 # --------------------------------------------------------------------------- #
@@ -156,7 +156,7 @@ def ema_in_basis(beta: jax.typing.ArrayLike = 0.9) -> optax.GradientTransformati
     ) -> tuple[optax.Updates, EmaInBasisState]:
         del params, extra_args
         ema = map_with_rotation(rotate_linear, state.ema, basis_rotation)
-        ema = optax.tree.update_moment(updates, ema, beta, 1)
+        ema = adam_core.ema(updates, ema, beta)
         ema = optax.tree.cast_like(ema, state.ema)
         return optax.tree.cast_like(ema, updates), EmaInBasisState(ema)
 
@@ -235,13 +235,13 @@ def scale_by_lion_in_basis(
         mu = map_with_rotation(rotate_linear, state.mu, basis_rotation)
 
         def direction(m: jax.Array, gg: jax.Array) -> jax.Array:
-            d = jnp.sign(b1 * m + (1 - b1) * gg)
+            d = jnp.sign(adam_core.ema(gg, m, b1))
             if cautious:
                 d = jnp.where(_agrees(d, gg), d, 0)
             return d
 
         out = jax.tree.map(direction, mu, g)
-        mu = optax.tree.update_moment(g, mu, b2, 1)
+        mu = adam_core.ema(g, mu, b2)
         return (
             optax.tree.cast_like(out, updates),
             ScaleByLionInBasisState(optax.tree.cast_like(mu, state.mu)),
@@ -540,7 +540,7 @@ def clip_norm_by_ema_in_basis(
             u: jax.Array, e: jax.Array, p: jax.Array
         ) -> tuple[jax.Array, jax.Array, jax.Array]:
             e = jnp.where(state.started, e, init * u)
-            e_new = beta * e + (1 - beta) * u
+            e_new = adam_core.ema(u, e, beta)
             n_new = jnp.linalg.norm(e_new)
             p_new = p
             if max_growth is not None:
@@ -686,22 +686,25 @@ def scale_by_full_matrix_adam_in_basis(
         del params, extra_args
         mu = map_with_rotation(rotate_linear, state.mu, basis_rotation)
         sigma = map_with_rotation(rotate_matrix, state.sigma, basis_rotation)
-        mu = optax.tree.update_moment(updates, mu, b1, 1)
-        sigma = jax.tree.map(
-            lambda s, u: b2 * s + (1 - b2) * jnp.outer(u, u).astype(s.dtype), sigma, updates
-        )
+        mu = adam_core.ema(updates, mu, b1)
+        sigma = adam_core.ema(jax.tree.map(lambda u: jnp.outer(u, u), updates), sigma, b2)
         count = optax.safe_increment(state.count)
         valid = _valid_like(basis_valid, updates)
 
-        def direction(m: jax.Array, s: jax.Array, ok: jax.Array, u: jax.Array) -> jax.Array:
-            m_hat = m / _count_scale(b1, count, m.dtype)
-            s_hat = s / _count_scale(b2, count, s.dtype) + eps * jnp.eye(s.shape[-1], dtype=s.dtype)
+        def direction(m_hat: jax.Array, s: jax.Array, ok: jax.Array, u: jax.Array) -> jax.Array:
+            s_hat = s + eps * jnp.eye(s.shape[-1], dtype=s.dtype)
             p = _spectral(
                 s_hat, 0.5, eig_tol=eig_tol, damping=damping, rdamping=rdamping, use_abs=False
             )
             return jnp.where(ok, p @ m_hat, 0).astype(u.dtype)
 
-        out = jax.tree.map(direction, mu, sigma, valid, updates)
+        out = jax.tree.map(
+            direction,
+            optax.tree.bias_correction(mu, b1, count),
+            optax.tree.bias_correction(sigma, b2, count),
+            valid,
+            updates,
+        )
         new_state = ScaleByFullMatrixAdamInBasisState(
             count, optax.tree.cast_like(mu, state.mu), optax.tree.cast_like(sigma, state.sigma)
         )
@@ -810,27 +813,31 @@ def scale_by_hutchinson_adam_in_basis(
         )
         mu = map_with_rotation(rotate_linear, state.mu, basis_rotation)
         diag = map_with_rotation(rotate_d, state.diag, basis_rotation)
-        mu = optax.tree.update_moment(updates, mu, b1, 1)
+        mu = adam_core.ema(updates, mu, b1)
         present = probes.present
 
-        def new_diag(dd: jax.Array, zp: jax.Array, hzp: jax.Array) -> jax.Array:
-            est = (zp * hzp if zhz else hzp).astype(dd.dtype)
-            if square:
-                est = est * est
-            return jnp.where(present, b2 * dd + (1 - b2) * est, dd)
+        def estimate(zp: jax.Array, hzp: jax.Array) -> jax.Array:
+            est = zp * hzp if zhz else hzp
+            return est * est if square else est
 
-        diag = jax.tree.map(new_diag, diag, probes.z, probes.hz)
+        est = jax.tree.map(estimate, probes.z, probes.hz)
+        diag = keep_if(present, adam_core.ema(est, diag, b2), diag)
         count = optax.safe_increment(state.count)
         probe_count = state.probe_count + present.astype(jnp.int32)
-
-        def direction(m: jax.Array, dd: jax.Array, u: jax.Array) -> jax.Array:
-            m_hat = m / _count_scale(b1, count, m.dtype)
-            scale = _count_scale(b2, jnp.maximum(probe_count, 1), dd.dtype)
-            d_hat = dd / scale
-            denom = (jnp.sqrt(d_hat) if square else jnp.abs(d_hat)) + eps
-            return jnp.where(probe_count > 0, m_hat / denom, 0).astype(u.dtype)
-
-        out = jax.tree.map(direction, mu, diag, updates)
+        diag_count = jnp.maximum(probe_count, 1)
+        if square:  # AdaHessian: the Adam quotient with D as the second moment
+            out = adam_core.adam_direction(
+                mu, diag, count, b1=b1, b2=b2, eps=eps, nu_count=diag_count
+            )
+        else:  # SophiaH: |D̂| in the denominator
+            out = jax.tree.map(
+                lambda m, d: m / (jnp.abs(d) + eps),
+                optax.tree.bias_correction(mu, b1, count),
+                optax.tree.bias_correction(diag, b2, diag_count),
+            )
+        out = jax.tree.map(
+            lambda o, u: jnp.where(probe_count > 0, o, 0).astype(u.dtype), out, updates
+        )
         return out, ScaleByHutchinsonAdamInBasisState(
             count,
             probe_count,
@@ -944,28 +951,29 @@ def scale_by_full_matrix_hutchinson_adam_in_basis(
         )
         mu = map_with_rotation(rotate_linear, state.mu, basis_rotation)
         hess = map_with_rotation(rotate_matrix, state.hessian, basis_rotation)
-        mu = optax.tree.update_moment(updates, mu, b1, 1)
+        mu = adam_core.ema(updates, mu, b1)
         present = probes.present
 
-        def new_h(hh: jax.Array, zp: jax.Array, hzp: jax.Array) -> jax.Array:
-            est = sym(jnp.outer(hzp, zp)).astype(hh.dtype)
-            return jnp.where(present, b2 * hh + (1 - b2) * est, hh)
-
-        hess = jax.tree.map(new_h, hess, probes.z, probes.hz)
+        est = jax.tree.map(lambda zp, hzp: sym(jnp.outer(hzp, zp)), probes.z, probes.hz)
+        hess = keep_if(present, adam_core.ema(est, hess, b2), hess)
         count = optax.safe_increment(state.count)
         probe_count = state.probe_count + present.astype(jnp.int32)
         valid = _valid_like(basis_valid, updates)
 
-        def direction(m: jax.Array, hh: jax.Array, ok: jax.Array, u: jax.Array) -> jax.Array:
-            m_hat = m / _count_scale(b1, count, m.dtype)
-            scale = _count_scale(b2, jnp.maximum(probe_count, 1), hh.dtype)
-            h_hat = hh / scale + eps * jnp.eye(hh.shape[-1], dtype=hh.dtype)
+        def direction(m_hat: jax.Array, hh: jax.Array, ok: jax.Array, u: jax.Array) -> jax.Array:
+            h_hat = hh + eps * jnp.eye(hh.shape[-1], dtype=hh.dtype)
             inv = _spectral(
                 h_hat, 1.0, eig_tol=eig_tol, damping=damping, rdamping=rdamping, use_abs=abs
             )
             return jnp.where(ok & (probe_count > 0), inv @ m_hat, 0).astype(u.dtype)
 
-        out = jax.tree.map(direction, mu, hess, valid, updates)
+        out = jax.tree.map(
+            direction,
+            optax.tree.bias_correction(mu, b1, count),
+            optax.tree.bias_correction(hess, b2, jnp.maximum(probe_count, 1)),
+            valid,
+            updates,
+        )
         return out, ScaleByFullMatrixHutchinsonAdamInBasisState(
             count,
             probe_count,
@@ -1085,7 +1093,7 @@ def scale_by_full_matrix_bfgs_adam_in_basis(
         )
         mu = map_with_rotation(rotate_linear, state.mu, basis_rotation)
         dev = map_with_rotation(rotate_matrix, state.deviation, basis_rotation)
-        mu = optax.tree.update_moment(updates, mu, b1, 1)
+        mu = adam_core.ema(updates, mu, b1)
         present = probes.present
 
         def new_dev(d: jax.Array, s: jax.Array, y: jax.Array) -> jax.Array:
@@ -1100,18 +1108,16 @@ def scale_by_full_matrix_bfgs_adam_in_basis(
             step_ok = present & (sy >= tol)
             sy_safe = jnp.where(step_ok, sy, 1)
             delta = jnp.outer(y, y) / sy_safe - jnp.outer(bs, bs) / sbs
-            return jnp.where(step_ok, d + (1 - b2) * delta, d)
+            return jnp.where(step_ok, adam_core.ema(d + delta, d, b2), d)
 
         dev = jax.tree.map(new_dev, dev, probes.z, probes.hz)
         count = optax.safe_increment(state.count)
         probe_count = state.probe_count + present.astype(jnp.int32)
         valid = _valid_like(basis_valid, updates)
 
-        def direction(m: jax.Array, d: jax.Array, ok: jax.Array, u: jax.Array) -> jax.Array:
-            m_hat = m / _count_scale(b1, count, m.dtype)
-            eye = jnp.eye(d.shape[-1], dtype=d.dtype)
-            scale = _count_scale(b2, jnp.maximum(probe_count, 1), d.dtype)
-            b_hat = eye + d / scale + eps * eye
+        def direction(m_hat: jax.Array, d_hat: jax.Array, ok: jax.Array, u: jax.Array) -> jax.Array:
+            eye = jnp.eye(d_hat.shape[-1], dtype=d_hat.dtype)
+            b_hat = eye + d_hat + eps * eye
             if use_eigh:
                 x = (
                     _spectral(
@@ -1126,11 +1132,17 @@ def scale_by_full_matrix_bfgs_adam_in_basis(
                 )
             else:
                 x = jnp.linalg.solve(b_hat, m_hat)
-            fallback = m_hat / jnp.maximum(jnp.abs(jnp.diagonal(b_hat)), tiny(d.dtype))
+            fallback = m_hat / jnp.maximum(jnp.abs(jnp.diagonal(b_hat)), tiny(d_hat.dtype))
             x = jnp.where(jnp.all(jnp.isfinite(x)), x, fallback)
             return jnp.where(ok, x, 0).astype(u.dtype)
 
-        out = jax.tree.map(direction, mu, dev, valid, updates)
+        out = jax.tree.map(
+            direction,
+            optax.tree.bias_correction(mu, b1, count),
+            optax.tree.bias_correction(dev, b2, jnp.maximum(probe_count, 1)),
+            valid,
+            updates,
+        )
         return out, ScaleByFullMatrixBfgsAdamInBasisState(
             count,
             probe_count,
@@ -1231,15 +1243,12 @@ def scale_by_cubic_adam_in_basis(
         mu = map_with_rotation(rotate_linear, state.mu, basis_rotation)
         nu = map_with_rotation(rotate_diagonal, state.nu, basis_rotation)
         mu3 = map_with_rotation(rotate_cubic, state.mu3, basis_rotation)
-        mu = optax.tree.update_moment(updates, mu, b1, 1)
-        nu = optax.tree.update_moment_per_elem_norm(updates, nu, b2, 2)
-        mu3 = jax.tree.map(lambda m, u: b3 * m + (1 - b3) * u**3, mu3, updates)
+        mu = adam_core.ema(updates, mu, b1)
+        nu = adam_core.ema(jax.tree.map(jnp.square, updates), nu, b2)
+        mu3 = adam_core.ema(jax.tree.map(lambda u: u**3, updates), mu3, b3)
         count = optax.safe_increment(state.count)
 
         def direction(m1: jax.Array, m2: jax.Array, m3: jax.Array, u: jax.Array) -> jax.Array:
-            m1 = m1 / _count_scale(b1, count, m1.dtype)
-            m2 = m2 / _count_scale(b2, count, m2.dtype)
-            m3 = m3 / _count_scale(b3, count, m3.dtype)
             a = jnp.sign(m3) * jnp.abs(m3) ** (1 / 3)
             b = jnp.sqrt(m2)
             c = m1
@@ -1257,7 +1266,13 @@ def scale_by_cubic_adam_in_basis(
             x = jnp.where(disc < 0, -c / (b + eps), x_star)
             return (-x).astype(u.dtype)
 
-        out = jax.tree.map(direction, mu, nu, mu3, updates)
+        out = jax.tree.map(
+            direction,
+            optax.tree.bias_correction(mu, b1, count),
+            optax.tree.bias_correction(nu, b2, count),
+            optax.tree.bias_correction(mu3, b3, count),
+            updates,
+        )
         return out, ScaleByCubicAdamInBasisState(
             count,
             optax.tree.cast_like(mu, state.mu),
