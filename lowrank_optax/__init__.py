@@ -140,3 +140,13 @@ from lowrank_optax._src.lre.inner import (
     scale_by_inverse_eigenvalues as scale_by_inverse_eigenvalues,
 )
 from lowrank_optax._src.lre.inner import scale_by_lion_in_basis as scale_by_lion_in_basis
+
+# --- fused update -------------------------------------------------------------
+from lowrank_optax._src.fused import FusedLayers as FusedLayers
+from lowrank_optax._src.fused import FusedLayersState as FusedLayersState
+from lowrank_optax._src.fused import FusedTrainState as FusedTrainState
+from lowrank_optax._src.fused import FusedTrainStep as FusedTrainStep
+from lowrank_optax._src.fused import check_leafwise as check_leafwise
+from lowrank_optax._src.fused import fused_layers as fused_layers
+from lowrank_optax._src.fused import fused_train_step as fused_train_step
+from lowrank_optax._src.fused import fused_value_and_grad as fused_value_and_grad
