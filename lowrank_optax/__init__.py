@@ -150,3 +150,11 @@ from lowrank_optax._src.fused import check_leafwise as check_leafwise
 from lowrank_optax._src.fused import fused_layers as fused_layers
 from lowrank_optax._src.fused import fused_train_step as fused_train_step
 from lowrank_optax._src.fused import fused_value_and_grad as fused_value_and_grad
+
+# --- quantized state ----------------------------------------------------------
+from lowrank_optax._src.blockwise import BlockLayout as BlockLayout
+from lowrank_optax._src.blockwise import QuantizedArray as QuantizedArray
+from lowrank_optax._src.blockwise import block_layout as block_layout
+from lowrank_optax._src.blockwise import dequantize_blockwise as dequantize_blockwise
+from lowrank_optax._src.blockwise import dynamic_code_map as dynamic_code_map
+from lowrank_optax._src.blockwise import quantize_blockwise as quantize_blockwise

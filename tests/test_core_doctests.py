@@ -14,12 +14,20 @@ CORE_MODULES = (
     "basis_rotation",
     "adam_in_basis",
     "project_lowrank",
+    "projectors",
     "galore",
     "weight_decay",
     "keras_extras",
 )
 # Modules whose public functions carry runnable examples.
-WITH_EXAMPLES = {"adam_in_basis", "project_lowrank", "galore", "weight_decay", "keras_extras"}
+WITH_EXAMPLES = {
+    "adam_in_basis",
+    "project_lowrank",
+    "projectors",
+    "galore",
+    "weight_decay",
+    "keras_extras",
+}
 
 
 @pytest.mark.parametrize("name", CORE_MODULES)

@@ -220,9 +220,7 @@ def perturb_step(num_probes, perturb_unprojected):
     tx = lowrank.project_lowrank(
         None,
         rank=2,
-        projector="randomized",
-        oversampling=0,
-        power_iterations=0,
+        projector=lowrank.randomized_projector(0, 0),
         pre_projection=pre,
     )
 
@@ -282,6 +280,10 @@ class SamSignTest(parameterized.TestCase):
         np.testing.assert_array_equal(g_sam["b"], params["b"] - A["b"])  # b unperturbed
 
 
+ONE_SKETCH = lowrank.randomized_projector(0, 0)  # LORENZA's default projector
+SEEDED = lowrank.randomized_projector(0, 0, seed=4)
+
+
 def galore_randomized_reference(
     learning_rate,
     b1=0.9,
@@ -293,7 +295,7 @@ def galore_randomized_reference(
     rank,
     update_proj_gap,
     proj_type="std",
-    seed=0,
+    projector=ONE_SKETCH,
 ):
     """Randomized-projector GaLore-Adam chain, built by hand from the core pieces."""
     return optax.chain(
@@ -303,10 +305,7 @@ def galore_randomized_reference(
             update_proj_gap=update_proj_gap,
             scale=scale,
             proj_type=proj_type,
-            projector="randomized",
-            oversampling=0,
-            power_iterations=0,
-            seed=seed,
+            projector=projector,
         ),
         lowrank.decay_weights_after_update(weight_decay, learning_rate),
         optax.scale_by_learning_rate(learning_rate),
@@ -316,13 +315,13 @@ def galore_randomized_reference(
 class ReductionTest(parameterized.TestCase):
     def test_rho_zero_is_randomized_galore_bitwise(self):
         # Static rho = 0: no probes.
-        kw = dict(rank=2, update_proj_gap=3, proj_type="full", seed=4)
+        kw = dict(rank=2, update_proj_gap=3, proj_type="full", projector=SEEDED)
         tx = lowrank.lorenza(1e-2, weight_decay=0.1, rho=0.0, **kw)
         ref = galore_randomized_reference(1e-2, weight_decay=0.1, **kw)
         self._compare(tx, ref, inject=False, exact=False)
 
     def test_rho_zero_one_sided_is_randomized_galore_bitwise(self):
-        kw = dict(rank=2, update_proj_gap=3, proj_type="std", seed=4)
+        kw = dict(rank=2, update_proj_gap=3, proj_type="std", projector=SEEDED)
         tx = lowrank.lorenza(1e-2, weight_decay=0.1, rho=0.0, **kw)
         ref = galore_randomized_reference(1e-2, weight_decay=0.1, **kw)
         self._compare(tx, ref, inject=False)
@@ -331,17 +330,17 @@ class ReductionTest(parameterized.TestCase):
         # A traced rho = 0 runs the probes but ε = 0 exactly. Static arguments are the
         # ones lorenza's docstring lists; the reference's float hyperparameters are
         # injected too, so both sides round 1 - b1 etc. in float32 alike.
-        kw = dict(rank=2, update_proj_gap=3, seed=1)
+        # The projector object passes inject_hyperparams unlisted.
+        kw = dict(rank=2, update_proj_gap=3, projector=lowrank.randomized_projector(0, 0, seed=1))
         static = (
-            "rank", "update_proj_gap", "num_probes", "oversampling", "power_iterations",
-            "proj_type", "on_refresh", "perturb_unprojected", "dimension_numbers", "mask",
-            "seed",
+            "rank", "update_proj_gap", "num_probes", "proj_type", "on_refresh",
+            "perturb_unprojected", "dimension_numbers", "mask", "seed",
         )  # fmt: skip
         tx = optax.inject_hyperparams(lowrank.lorenza, static_args=static)(
             learning_rate=1e-2, weight_decay=0.1, rho=0.0, **kw
         )
         ref = optax.inject_hyperparams(
-            galore_randomized_reference, static_args=("rank", "update_proj_gap", "seed")
+            galore_randomized_reference, static_args=("rank", "update_proj_gap")
         )(learning_rate=1e-2, weight_decay=0.1, **kw)
         self._compare(tx, ref, inject=True)
 
@@ -542,8 +541,7 @@ class ErrorTest(parameterized.TestCase):
             lowrank.lorenza(1e-3, rank=2, **kwargs)
 
     @parameterized.parameters(
-        (dict(oversampling=-1), "oversampling"),
-        (dict(power_iterations=-1), "power_iterations"),
+        (dict(projector="qr"), "projector"),
         (dict(rank=0), "rank"),
         (dict(update_proj_gap=0), "update_proj_gap"),
         (dict(proj_type="random"), "proj_type"),

@@ -4,6 +4,8 @@ Expected values are explicit numpy formulas (``core_np``), never the code under
 test. Each transformation is jitted once and reused over a short trajectory.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -58,9 +60,8 @@ class RefreshClockTest(parameterized.TestCase):
     def test_basis_changes_exactly_at_multiples_of_the_gap(self, projector):
         gap, steps = 3, 8
         grads = _grad_seq(SHAPES, steps, seed=1)
-        tx = lowrank.project_lowrank(
-            optax.trace(0.0), rank=2, update_proj_gap=gap, projector=projector, oversampling=2
-        )
+        proj = lowrank.randomized_projector(oversampling=2) if projector == "randomized" else "svd"
+        tx = lowrank.project_lowrank(optax.trace(0.0), rank=2, update_proj_gap=gap, projector=proj)
         _, states = _trajectory(tx, grads)
         for t in range(steps):
             self.assertEqual(int(states[t + 1].count), t + 1)
@@ -651,9 +652,6 @@ class BadInputTest(parameterized.TestCase):
         ("proj_type", "random"),
         ("projector", "qr"),
         ("on_refresh", "rotate"),
-        ("oversampling", -1),
-        ("power_iterations", -1),
-        ("seed", -1),
     )
     def test_project_lowrank_and_galore(self, name, value):
         kwargs = {"rank": 2, name: value}
@@ -662,14 +660,16 @@ class BadInputTest(parameterized.TestCase):
                 factory(**kwargs)
 
     @parameterized.parameters(
-        ("projector", "qr", ("svd", "randomized")),
+        ("projector", "qr", ("'svd'", "'randomized'", "lowrank.svd_projector()")),
         ("on_refresh", "rotate", ("keep", "reset", "reproject")),
     )
     def test_choices_are_listed(self, name, value, allowed):
         with pytest.raises(ValueError) as err:
             lowrank.project_lowrank(rank=2, **{name: value})
         for choice in allowed:
-            self.assertIn(repr(choice), str(err.value))
+            self.assertIn(
+                choice if choice.startswith(("'", "lowrank")) else repr(choice), str(err.value)
+            )
 
     @parameterized.parameters(
         ("rank", 0),
@@ -685,9 +685,6 @@ class BadInputTest(parameterized.TestCase):
         ("eps", -1e-8),
         ("weight_decay", -0.1),
         ("learning_rate", -1.0),
-        ("oversampling", -1),
-        ("power_iterations", -1),
-        ("seed", -1),
     )
     def test_galore_adamw(self, name, value):
         kwargs = {"learning_rate": 1e-3, "rank": 2, name: value}
@@ -757,6 +754,79 @@ class TreeMapParamsTest(absltest.TestCase):
         assigned = [shape for spec, shape in pairs if spec != "replicated"]
         # Adam's mu and nu of each of the three params.
         self.assertEqual(sorted(assigned), sorted([(8, 4), (3, 6), (4,)] * 2))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Delegating(lowrank.Projector):
+    """A user-defined projector: the SVD's factors, optionally flagged unusable."""
+
+    usable: bool
+
+    def factors(self, g, plan, key):
+        found = lowrank.svd_projector().factors(g, plan, key)
+        return found._replace(usable=found.usable & self.usable)
+
+
+class ProjectorInterfaceTest(parameterized.TestCase):
+    GRADS = _grad_seq({"w": (6, 4), "v": (3, 5), "f": (5, 5), "b": (4,)}, 3, seed=31)
+
+    def _run(self, **kw):
+        tx = lowrank.project_lowrank(optax.scale_by_adam(), rank=2, update_proj_gap=2, **kw)
+        return _trajectory(tx, self.GRADS)
+
+    def test_objects_are_hashable_values(self):
+        self.assertEqual(lowrank.randomized_projector(3, 0), lowrank.randomized_projector(3, 0))
+        self.assertNotEqual(lowrank.randomized_projector(3, 0), lowrank.randomized_projector(3, 1))
+        self.assertLen({lowrank.svd_projector(), lowrank.svd_projector()}, 1)
+        self.assertFalse(callable(lowrank.randomized_projector()))
+
+    @parameterized.parameters(
+        ("svd", lowrank.svd_projector()), ("randomized", lowrank.randomized_projector())
+    )
+    def test_strings_are_shorthands(self, name, obj):
+        by_name, by_obj = self._run(projector=name), self._run(projector=obj)
+        test_utils.assert_trees_all_equal(by_name, by_obj)
+
+    def test_seed_lives_in_the_randomized_projector(self):
+        # No oversampling: a sketch of 2 columns of a rank-4 gradient depends on Ω.
+        a = self._run(projector=lowrank.randomized_projector(0, 0, seed=1))[1][-1]
+        b = self._run(projector=lowrank.randomized_projector(0, 0, seed=2))[1][-1]
+        self.assertFalse(np.array_equal(a.key, b.key))
+        self.assertFalse(np.allclose(a.bases["['w']"].right, b.bases["['w']"].right))
+
+    def test_user_defined_projector(self):
+        # 'full' asks the projector for both sides.
+        _, svd_states = self._run(projector="svd", proj_type="full")
+        _, own_states = self._run(projector=_Delegating(True), proj_type="full")
+        test_utils.assert_trees_all_equal(svd_states[-1].bases, own_states[-1].bases)
+        # The flag is the one way to say "unusable": the canonical basis stays.
+        _, states = self._run(projector=_Delegating(False), proj_type="full")
+        test_utils.assert_trees_all_equal(states[-1].bases, states[0].bases)
+
+    def test_projector_passes_inject_hyperparams_unlisted(self):
+        proj = lowrank.randomized_projector(oversampling=2, power_iterations=0)
+        params = jax.tree.map(jnp.ones_like, self.GRADS[0])
+        injected = optax.inject_hyperparams(
+            lowrank.galore_adamw, static_args=("rank", "update_proj_gap")
+        )(learning_rate=0.1, rank=2, projector=proj)
+        plain = lowrank.galore_adamw(0.1, rank=2, projector=proj)
+        u_inj, _ = jax.jit(injected.update)(self.GRADS[0], injected.init(params), params)
+        u_plain, _ = jax.jit(plain.update)(self.GRADS[0], plain.init(params), params)
+        test_utils.assert_trees_all_close(u_inj, u_plain, rtol=1e-4, atol=1e-7)
+
+    @parameterized.parameters(
+        ("oversampling", -1), ("power_iterations", -1), ("power_iterations", 1.5), ("seed", -1)
+    )
+    def test_randomized_projector_validates(self, name, value):
+        with pytest.raises(ValueError, match=f"`{name}`"):
+            lowrank.randomized_projector(**{name: value})
+
+    def test_old_keywords_are_gone(self):
+        for name in ("oversampling", "power_iterations", "seed"):
+            with pytest.raises(TypeError):
+                lowrank.project_lowrank(rank=2, **{name: 1})
+            with pytest.raises(TypeError):
+                lowrank.galore_adamw(1e-3, rank=2, **{name: 1})
 
 
 if __name__ == "__main__":

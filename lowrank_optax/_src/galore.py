@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -12,72 +13,16 @@ from lowrank_optax._src import validation as v
 from lowrank_optax._src.adam_in_basis import scale_by_adam_in_basis
 from lowrank_optax._src.keras_extras import clip_by_leaf_norm, param_ema
 from lowrank_optax._src.project_lowrank import project_lowrank
+from lowrank_optax._src.projectors import ProjectorArg
 from lowrank_optax._src.subspace import DimsArg, MaskArg
 from lowrank_optax._src.weight_decay import decay_weights_after_update
 
+galore = functools.partial(project_lowrank)
+galore.__doc__ = r"""GaLore (Zhao et al., 2024): :func:`project_lowrank` under the paper's name.
 
-def galore(
-    inner: optax.GradientTransformation | None = None,
-    *,
-    rank: int,
-    update_proj_gap: int = 200,
-    scale: jax.typing.ArrayLike = 1.0,
-    proj_type: str = "std",
-    projector: str = "svd",
-    on_refresh: str = "keep",
-    dimension_numbers: DimsArg = None,
-    mask: MaskArg = None,
-    oversampling: int = 10,
-    power_iterations: int = 1,
-    seed: int = 0,
-) -> optax.GradientTransformationExtraArgs:
-    r"""GaLore gradient low-rank projection: a memory-saving wrapper or a chainable filter.
-
-    Two forms, with different memory:
-
-    * **Wrapper** ``lowrank.galore(optax.adam(1e-3), rank=128)``: the inner
-      optimizer runs on the projected gradient :math:`R = P^\top G` (or
-      :math:`G P^\top`) and its state is allocated at the projected shapes. With
-      Adam and ``proj_type='std'`` a :math:`m\times n` matrix costs
-      :math:`r\min(m,n)` (basis) :math:`+ 2r\max(m,n)` (moments) instead of
-      :math:`2mn`. This is GaLore.
-    * **Filter** ``optax.chain(lowrank.galore(rank=128), optax.adam(1e-3))``
-      (``inner=None``): emits :math:`\alpha P P^\top G` at full shape. In this form
-      Adam's state is **full size** (``optax.chain`` gives every element the same
-      full-size params at ``init``); only the basis is added. Adam then normalises
-      element-wise in the full space, so the result is not in the subspace and
-      differs from the wrapper form. The memory-saving form is the wrapper.
-
-    It is :func:`project_lowrank` with GaLore's defaults (SVD basis refreshed every
-    200 steps from the current gradient, moments kept across refreshes as
-    galore-torch does).
-
-    .. math::
-
-      \begin{align*}
-        P_t &= \mathrm{svd}_r(G_t) \text{ if } t \bmod T = 0 \text{ else } P_{t-1} \\
-        u_t &= \alpha\, P_t\, \mathrm{inner}(P_t^\top G_t)
-      \end{align*}
-
-    Args:
-      inner: optimizer run in the subspace (receives ``params=None``), or ``None``
-        for the chainable filter.
-      rank: rank :math:`r \geq 1` of the projection.
-      update_proj_gap: steps :math:`T \geq 1` between basis refreshes.
-      scale: factor :math:`\alpha > 0` on back-projected updates.
-      proj_type: ``'std'``, ``'reverse_std'``, ``'left'``, ``'right'``, ``'full'``,
-        ``'symmetric'`` (= ``'full'``) or ``'asymmetric'`` (= ``'std'``).
-      projector: ``'svd'`` or ``'randomized'``.
-      on_refresh: ``'keep'``, ``'reset'`` or ``'reproject'`` (see
-        :func:`project_lowrank`).
-      dimension_numbers: leaf selection / N-D views (see :func:`project_lowrank`).
-      mask: extra leaf selection (see :func:`project_lowrank`).
-      oversampling: randomized projector's extra sketch columns.
-      power_iterations: randomized projector's subspace iterations.
-      seed: PRNG seed of the randomized projector.
-
-    Returns:
-      The corresponding :class:`optax.GradientTransformationExtraArgs`.
+    Same function, same arguments, same defaults (SVD basis refreshed from the
+    current gradient every 200 steps, moments kept across refreshes, as
+    galore-torch); see :func:`project_lowrank` for the wrapper and filter forms.
 
     Examples:
       >>> import jax, jax.numpy as jnp, optax
@@ -97,20 +42,8 @@ def galore(
       Zhao et al, `GaLore: Memory-Efficient LLM Training by Gradient Low-Rank
       Projection <https://arxiv.org/abs/2403.03507>`_, 2024
     """
-    return project_lowrank(
-        inner,
-        rank=rank,
-        update_proj_gap=update_proj_gap,
-        scale=scale,
-        proj_type=proj_type,
-        projector=projector,
-        oversampling=oversampling,
-        power_iterations=power_iterations,
-        on_refresh=on_refresh,
-        dimension_numbers=dimension_numbers,
-        mask=mask,
-        seed=seed,
-    )
+# doctest does not collect partial objects: run galore's example explicitly.
+__test__ = {"galore": galore.__doc__}
 
 
 def galore_adamw(
@@ -125,10 +58,7 @@ def galore_adamw(
     scale: jax.typing.ArrayLike = 1.0,
     proj_type: str = "std",
     on_refresh: str = "keep",
-    projector: str = "svd",
-    oversampling: int | None = None,
-    power_iterations: int | None = None,
-    seed: int | None = None,
+    projector: ProjectorArg = "svd",
     dimension_numbers: DimsArg = None,
     mask: MaskArg = None,
     weight_decay_mask: Any | None = None,
@@ -174,10 +104,10 @@ def galore_adamw(
     ``gradient_accumulation_steps`` → :class:`optax.MultiSteps`.
 
     Static arguments for :func:`optax.inject_hyperparams`: ``rank``,
-    ``update_proj_gap``, ``proj_type``, ``projector``, ``oversampling``,
-    ``power_iterations``, ``seed``, ``on_refresh``, ``dimension_numbers``, ``mask``,
-    ``weight_decay_mask``, ``gradient_accumulation_steps``, ``ema_overwrite_frequency``,
-    ``use_ema``.
+    ``update_proj_gap``, ``proj_type``, ``on_refresh``, ``dimension_numbers``,
+    ``mask``, ``weight_decay_mask``, ``gradient_accumulation_steps``,
+    ``ema_overwrite_frequency``, ``use_ema`` (``projector`` objects and strings
+    pass through as static values whether listed or not).
     ``learning_rate``, ``b1``, ``b2``, ``eps``, ``weight_decay`` and ``scale`` are
     injectable.
 
@@ -195,11 +125,9 @@ def galore_adamw(
       scale: GaLore scale :math:`\alpha > 0`.
       proj_type: projection side (see :func:`galore`).
       on_refresh: ``'keep'`` (galore-torch), ``'reset'`` or ``'reproject'``.
-      projector: ``'svd'`` (galore-torch) or ``'randomized'``.
-      oversampling: extra range-finder columns (``projector='randomized'``;
-        ``None``: 10, as :func:`project_lowrank`).
-      power_iterations: range-finder subspace iterations (``None``: 1).
-      seed: seed of the randomized projector's PRNG key (``None``: 0).
+      projector: ``'svd'`` / :func:`svd_projector` (galore-torch) or
+        ``'randomized'`` / :func:`randomized_projector` (with its
+        ``oversampling``, ``power_iterations`` and ``seed``).
       dimension_numbers: leaf selection / N-D views (see :func:`project_lowrank`).
       mask: extra leaf selection for projection.
       weight_decay_mask: pytree/callable of booleans selecting decayed leaves.
@@ -280,11 +208,6 @@ def galore_adamw(
             scale=scale,
             proj_type=proj_type,
             projector=projector,
-            # None defaults keep optax.inject_hyperparams from treating them as
-            # injectable numbers when they are not listed in its static_args.
-            oversampling=10 if oversampling is None else oversampling,
-            power_iterations=1 if power_iterations is None else power_iterations,
-            seed=0 if seed is None else seed,
             on_refresh=on_refresh,
             dimension_numbers=dimension_numbers,
             mask=mask,

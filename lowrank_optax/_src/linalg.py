@@ -169,6 +169,20 @@ def qr_factors(y: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 @full_precision
+def svd_factors_checked(g: jax.Array, rank: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """:func:`svd_factors` and whether ``g`` was usable (finite and not all zero).
+
+    The flag (batch-shaped booleans) comes from the finiteness scan that guards
+    LAPACK and from the largest singular value (``σ₁ > 0`` iff ``g ≠ 0``); the
+    factors of an unusable matrix are those of a zero matrix (finite).
+    """
+    g = g.astype(decomposition_dtype(g.dtype))
+    g, finite = finite_or_zero(g)
+    u, s, vh = jnp.linalg.svd(g, full_matrices=False)
+    u, vh = canonicalize_signs(u[..., :rank], vh[..., :rank, :])
+    return u, vh, finite & (s[..., 0] > 0)
+
+
 def svd_factors(g: jax.Array, rank: int) -> tuple[jax.Array, jax.Array]:
     """Top-``rank`` canonical singular vectors of ``g`` by a thin SVD.
 
@@ -181,11 +195,11 @@ def svd_factors(g: jax.Array, rank: int) -> tuple[jax.Array, jax.Array]:
       decomposition dtype (see :func:`decomposition_dtype`). A matrix with a
       NaN or an infinity gives NaN factors: LAPACK's SVD is never called on it
       (``gesdd`` loops forever on some wide matrices holding an infinity).
+      (Inside the library, :func:`svd_projector` reports such matrices with a
+      flag instead.)
     """
-    g = g.astype(decomposition_dtype(g.dtype))
-    g, finite = finite_or_zero(g)
-    u, _, vh = jnp.linalg.svd(g, full_matrices=False)
-    u, vh = canonicalize_signs(u[..., :rank], vh[..., :rank, :])
+    u, vh, _ = svd_factors_checked(g, rank)
+    finite = jnp.all(jnp.isfinite(g), axis=(-2, -1))
     return _nan_where_not(finite, u), _nan_where_not(finite, vh)
 
 

@@ -26,12 +26,16 @@ from optax._src import base as optax_base
 from lowrank_optax._src import validation as v
 from lowrank_optax._src.adam_in_basis import scale_by_adam_in_basis
 from lowrank_optax._src.project_lowrank import Subspace, project_lowrank
+from lowrank_optax._src.projectors import ProjectorArg, randomized_projector
 from lowrank_optax._src.subspace import DimsArg, MaskArg
 from lowrank_optax._src.weight_decay import decay_weights_after_update
 
 # Folded into ``PRNGKey(seed)`` to derive the probe stream, so that the probes and
 # the randomized projector never share a key when both are built from one seed.
 _PROBE_STREAM = 0x10E2A
+
+# LORENZA's range finder: one Gaussian sketch + QR (library's choice, lorenza.md §2.2).
+LORENZA_PROJECTOR = randomized_projector(oversampling=0, power_iterations=0)
 
 # Per-leaf probe kind: a Subspace (coordinates drawn in the subspace), FULL (a
 # full-shape Gaussian) or None (the leaf is not perturbed).
@@ -260,7 +264,7 @@ def zo_sam_perturb(
     defaults ``rho=0.05`` (SAM convention), ``mu=1e-3`` (MeZO / torchzero
     central differences), ``num_probes=1`` (MeZO), ``perturb_unprojected=False``,
     and the probe key ``fold_in(PRNGKey(seed), 0x10E2A)`` (a stream distinct from
-    the projector's ``PRNGKey(seed)``).
+    a randomized projector's ``PRNGKey(seed)``).
 
     .. warning::
       The description this follows (a third-party summary of the LORENZA paper)
@@ -411,8 +415,7 @@ def lorenza(
     rho: jax.typing.ArrayLike = 0.05,
     mu: jax.typing.ArrayLike = 1e-3,
     num_probes: int = 1,
-    oversampling: int = 0,
-    power_iterations: int = 0,
+    projector: ProjectorArg = LORENZA_PROJECTOR,
     proj_type: str = "std",
     on_refresh: str = "keep",
     dimension_numbers: DimsArg = None,
@@ -445,9 +448,10 @@ def lorenza(
       \end{align*}
 
     (shown for a left basis, ``proj_type='std'`` with :math:`m < n`; the other
-    sides as in :func:`project_lowrank`). The range finder draws
-    :math:`K = r + p` Gaussian columns, runs ``power_iterations`` subspace
-    iterations and keeps the top-:math:`r` factors (:func:`randomized_factors`).
+    sides as in :func:`project_lowrank`). The default projector,
+    ``randomized_projector(oversampling=0, power_iterations=0)``, draws
+    :math:`K = r` Gaussian columns and keeps the top-:math:`r` factors of one
+    sketch (:func:`randomized_factors`); any :class:`Projector` may replace it.
     Unprojected leaves (1-D biases, leaves excluded by ``mask``) get the same
     AdamW on :math:`G^{\mathrm{SAM}}` at full size, unperturbed unless
     ``perturb_unprojected``. The :math:`\Delta_j` are drawn in the same subspace
@@ -460,10 +464,9 @@ def lorenza(
           lowrank.project_lowrank(
               lowrank.scale_by_adam_in_basis(b1, b2, eps, eps_mode='galore'),
               rank=rank, update_proj_gap=update_proj_gap, scale=scale,
-              proj_type=proj_type, projector='randomized',
-              oversampling=oversampling, power_iterations=power_iterations,
+              proj_type=proj_type, projector=projector,
               on_refresh=on_refresh, dimension_numbers=dimension_numbers,
-              mask=mask, seed=seed,
+              mask=mask,
               pre_projection=lowrank.zo_sam_perturb(
                   rho, mu, num_probes, seed=seed,
                   perturb_unprojected=perturb_unprojected)),
@@ -472,8 +475,9 @@ def lorenza(
 
     **Around another inner optimizer**: pass it to :func:`project_lowrank` with
     the same ``projector``/``pre_projection`` arguments, e.g.
-    ``project_lowrank(optax.scale_by_lion(), rank=r, projector='randomized',
-    oversampling=0, power_iterations=0, pre_projection=lowrank.zo_sam_perturb())``
+    ``project_lowrank(optax.scale_by_lion(), rank=r,
+    projector=lowrank.randomized_projector(0, 0),
+    pre_projection=lowrank.zo_sam_perturb())``
     followed by the learning rate; its state then lives in the subspace.
 
     Calls: ``tx.update(grads, state, params, value_fn=f, grad_fn=g)`` (``g``
@@ -483,17 +487,19 @@ def lorenza(
     evaluations of ``f`` and one ``grad_fn``; ``grads`` (the gradient at
     :math:`W`) is only consumed at refresh steps, so a step may compute it under
     ``jax.lax.cond(step % update_proj_gap == 0, ...)`` and pass zeros otherwise.
-    With ``rho=0`` the update is exactly GaLore-Adam with the randomized projector.
+    With ``rho=0`` the update is exactly GaLore-Adam with the same projector.
 
     Static arguments for :func:`optax.inject_hyperparams`: ``rank``,
-    ``update_proj_gap``, ``num_probes``, ``oversampling``, ``power_iterations``,
-    ``proj_type``, ``on_refresh``, ``perturb_unprojected``,
-    ``dimension_numbers``, ``mask``, ``seed``. ``learning_rate``, ``b1``, ``b2``,
-    ``eps``, ``weight_decay``, ``rho``, ``mu`` and ``scale`` are injectable.
+    ``update_proj_gap``, ``num_probes``, ``proj_type``, ``on_refresh``,
+    ``perturb_unprojected``, ``dimension_numbers``, ``mask``, ``seed``
+    (``projector`` objects pass through as static values whether listed or
+    not). ``learning_rate``, ``b1``, ``b2``, ``eps``, ``weight_decay``, ``rho``,
+    ``mu`` and ``scale`` are injectable.
 
     Defaults: every default is the **library's choice** (no official code and no
     stated defaults exist): ``update_proj_gap=200`` (GaLore),
-    ``oversampling=0``, ``power_iterations=0`` ("one Gaussian sketch + QR"),
+    ``randomized_projector(oversampling=0, power_iterations=0)`` ("one Gaussian
+    sketch + QR"),
     ``num_probes=1`` and ``mu=1e-3`` (MeZO, torchzero central differences),
     ``rho=0.05`` (SAM), ``b1=0.9``, ``b2=0.999`` (Adam), ``eps=1e-6`` with
     galore-torch's eps placement, decoupled ``weight_decay=0.0`` applied after the
@@ -520,15 +526,17 @@ def lorenza(
       rho: SAM radius :math:`\rho \geq 0` (``0`` gives randomized GaLore-Adam).
       mu: finite-difference step :math:`\mu > 0`.
       num_probes: number :math:`q \geq 1` of probe directions per step.
-      oversampling: extra range-finder columns :math:`p \geq 0`.
-      power_iterations: range-finder subspace iterations (``>= 0``).
+      projector: how bases are computed (a :class:`Projector` or ``'svd'`` /
+        ``'randomized'``); default ``randomized_projector(oversampling=0,
+        power_iterations=0)``, whose own ``seed`` seeds the sketches.
       proj_type: projection side (see :func:`project_lowrank`).
       on_refresh: ``'keep'``, ``'reset'`` or ``'reproject'`` (see
         :func:`project_lowrank`).
       dimension_numbers: leaf selection / N-D views (see :func:`project_lowrank`).
       mask: extra leaf selection (see :func:`project_lowrank`).
       perturb_unprojected: also perturb unprojected leaves (full-shape probes).
-      seed: seed of both PRNG keys (projector and probes, distinct streams).
+      seed: seed of the probes' PRNG key (a stream distinct from the projector's
+        even when both seeds are equal).
 
     Returns:
       The corresponding :class:`optax.GradientTransformationExtraArgs`.
@@ -573,16 +581,13 @@ def lorenza(
             update_proj_gap=update_proj_gap,
             scale=scale,
             proj_type=proj_type,
-            projector="randomized",
-            oversampling=oversampling,
-            power_iterations=power_iterations,
+            projector=projector,
             on_refresh=on_refresh,
             dimension_numbers=dimension_numbers,
             mask=mask,
             pre_projection=zo_sam_perturb(
                 rho, mu, num_probes, seed=seed, perturb_unprojected=perturb_unprojected
             ),
-            seed=seed,
         ),
         decay_weights_after_update(weight_decay, learning_rate),
         optax.scale_by_learning_rate(learning_rate),

@@ -1,4 +1,11 @@
-"""``project_lowrank``: the generic gradient low-rank projection wrapper."""
+"""``project_lowrank``: the generic gradient low-rank projection wrapper (GaLore).
+
+One step, per projected leaf (``docs/guides/architecture.rst`` walks through it):
+refresh the basis on the refresh clock (:func:`_refresh_bases`: the projector's
+factors, stored by :func:`_store`), run ``pre_projection`` on the full-shape
+gradients, project to coordinates (:meth:`LeafPlan.project`), run ``inner`` on
+the coordinates, map its output back and scale it (:func:`_back_project`).
+"""
 
 from __future__ import annotations
 
@@ -7,12 +14,14 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+
+# _ParamsPlaceholder: what optax.tree_map_params passes to init; no public name.
 from optax.tree_utils import _state_utils
 
 from lowrank_optax._src import sharding
 from lowrank_optax._src import validation as v
 from lowrank_optax._src.basis_rotation import BasisRotation, contains_basis_aware_state
-from lowrank_optax._src.linalg import randomized_factors_checked, svd_factors
+from lowrank_optax._src.projectors import Projector, ProjectorArg, ProjectorResult, as_projector
 from lowrank_optax._src.subspace import (
     DimsArg,
     LeafBasis,
@@ -23,7 +32,6 @@ from lowrank_optax._src.subspace import (
     unbox,
 )
 
-PROJECTORS = ("svd", "randomized")
 ON_REFRESH = ("keep", "reset", "reproject")
 RESERVED_EXTRA_ARGS = ("basis_rotation", "subspace")
 
@@ -38,7 +46,8 @@ class ProjectLowrankState(NamedTuple):
       inner_state: state of the inner transformation, allocated at the projected
         (low-rank) shapes for projected leaves and full size for the others.
       pre_state: state of the ``pre_projection`` transformation (or ``EmptyState``).
-      key: PRNG key (``uint32[2]``) of the randomized projector, split at refreshes.
+      key: PRNG key (``uint32[2]``) of a randomized projector, split at refreshes
+        (seeded with the projector's ``seed``; constant for deterministic ones).
     """
 
     count: jax.Array
@@ -89,7 +98,63 @@ def _canonical_basis(plan: LeafPlan, like: jax.Array) -> LeafBasis:
     return LeafBasis(left, right)
 
 
-def _rotation(plan: LeafPlan, new: LeafBasis, old: LeafBasis, apply: jax.Array) -> BasisRotation:
+def _store(plan: LeafPlan, new: ProjectorResult, old: LeafBasis, like: jax.Array) -> LeafBasis:
+    """What the state keeps of a projector's factors: the one place bases are stored.
+
+    Factors are cast to the stored dtype (the parameter's), resharded to the
+    basis spec, and replaced by the old basis where ``usable`` is false. (A
+    quantized basis format would encode here, and decode where ``update_fn``
+    reads ``bases``.)
+    """
+    usable = new.usable[..., None, None]
+
+    def side(factor: jax.Array | None, previous: jax.Array | None, spec: Any) -> Any:
+        if previous is None:
+            return None
+        factor = sharding.reshard(factor.astype(previous.dtype), spec, like)
+        return jnp.where(usable, factor, previous)
+
+    return LeafBasis(
+        side(new.left, old.left, plan.left_spec), side(new.right, old.right, plan.right_spec)
+    )
+
+
+def _refresh_bases(
+    projector: Projector,
+    refresh: jax.Array,
+    leaves: list[jax.Array],
+    plans: list[LeafPlan | None],
+    keys: list[str],
+    state: ProjectLowrankState,
+) -> tuple[dict[str, LeafBasis], jax.Array]:
+    """Bases after this step's refresh decision, and the next PRNG key.
+
+    One independent ``lax.cond`` per leaf. Measured on the LLaMA-block
+    benchmark (CPU), this beats both one ``cond`` for the whole tree and
+    per-leaf conds chained one after the other: a normal step's untaken
+    branches (copies of the bases) overlap the other leaves' work instead
+    of serialising the step (~5-10 % of it), and the step's temporary
+    memory is the smallest of the three: 31.5 MB with the SVD and 11.5 MB
+    with the randomized projector, against 42.5 / 18.2 MB chained and
+    59 / 29 MB for a single cond (``optax.contrib.galore``: 28 MB).
+    """
+    key, sub = jax.random.split(state.key)
+    bases = {}
+    for i, (k, g, p) in enumerate(zip(keys, leaves, plans, strict=True)):
+        if p is None:
+            continue
+
+        def fresh(g: jax.Array = g, p: LeafPlan = p, k: str = k, i: int = i) -> LeafBasis:
+            found = projector.factors(p.to_matrix(g), p, jax.random.fold_in(sub, i))
+            return _store(p, found, state.bases[k], g)
+
+        bases[k] = jax.lax.cond(refresh, fresh, lambda k=k: state.bases[k])
+    if projector.seed is None:
+        return bases, state.key
+    return bases, jnp.where(refresh, key, state.key)
+
+
+def _rotation(new: LeafBasis, old: LeafBasis, apply: jax.Array) -> BasisRotation:
     c_left = c_right = None
     if new.left is not None:
         c_left = jnp.swapaxes(new.left, -1, -2) @ old.left
@@ -121,6 +186,29 @@ def _after(x: jax.Array, previous: jax.Array, count: jax.Array) -> jax.Array:
     return x + zero.astype(x.dtype)
 
 
+def _back_project(
+    coords: list[jax.Array],
+    leaves: list[jax.Array],
+    plans: list[LeafPlan | None],
+    bases: list[LeafBasis | None],
+    scale: Any,
+    count: jax.Array,
+) -> list[jax.Array]:
+    """``scale · back(N)`` for projected leaves (in the gradient's dtype), ``N`` for others."""
+    out = []
+    previous = None
+    sequence = jax.default_backend() == "cpu"
+    for n, g, p, basis in zip(coords, leaves, plans, bases, strict=True):
+        if p is None:
+            out.append(n)
+            continue
+        if sequence and previous is not None and p.spec is None:
+            n = _after(n, previous, count)
+        previous = (scale * p.back(n, basis)).astype(g.dtype)
+        out.append(previous)
+    return out
+
+
 def project_lowrank(
     inner: optax.GradientTransformation | None = None,
     *,
@@ -128,16 +216,13 @@ def project_lowrank(
     update_proj_gap: int = 200,
     scale: jax.typing.ArrayLike = 1.0,
     proj_type: str = "std",
-    projector: str = "svd",
-    oversampling: int = 10,
-    power_iterations: int = 1,
+    projector: ProjectorArg = "svd",
     on_refresh: str = "keep",
     dimension_numbers: DimsArg = None,
     mask: MaskArg = None,
     pre_projection: optax.GradientTransformation | None = None,
-    seed: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
-    r"""Runs ``inner`` on low-rank projections of the gradients (generic wrapper).
+    r"""Runs ``inner`` on low-rank projections of the gradients (GaLore's wrapper).
 
     Each selected leaf :math:`G \in \mathbb{R}^{m\times n}` (a 2-D view of the
     gradient) is projected onto a rank-:math:`r` basis :math:`P` computed from the
@@ -161,6 +246,19 @@ def project_lowrank(
     :math:`r\min(m,n) + 2r\max(m,n)` with Adam), ``'reverse_std'`` the opposite
     (optax.contrib.galore's layout), ``'left'``, ``'right'``, ``'full'`` (both
     sides); aliases ``'symmetric'`` = ``'full'``, ``'asymmetric'`` = ``'std'``.
+
+    Two forms, with different memory:
+
+    * **Wrapper** ``project_lowrank(optax.adam(1e-3), rank=128)``: ``inner`` runs
+      on the coordinates and its state is allocated at the projected shapes (with
+      Adam and ``'std'``, :math:`r\min(m,n) + 2r\max(m,n)` numbers per matrix
+      instead of :math:`2mn`). This is GaLore.
+    * **Filter** ``optax.chain(project_lowrank(rank=128), optax.adam(1e-3))``
+      (``inner=None``): emits :math:`\alpha P P^\top G` at full shape. In this
+      form Adam's state is **full size** (``optax.chain`` gives every element the
+      same full-size params at ``init``) and Adam normalises element-wise in the
+      full space, so the result is not in the subspace and differs from the
+      wrapper form.
 
     Leaves that are not selected (by default every leaf that is not 2-D) go to
     ``inner`` unchanged and at full size, without ``scale``.
@@ -191,11 +289,11 @@ def project_lowrank(
       scale: factor :math:`\alpha` applied to back-projected updates.
       proj_type: ``'std'``, ``'reverse_std'``, ``'right'``, ``'left'``, ``'full'``
         or the aliases ``'symmetric'``/``'asymmetric'``.
-      projector: ``'svd'`` (thin SVD) or ``'randomized'`` (range finder).
-      oversampling: extra sketch columns of the randomized projector (``>= 0``).
-      power_iterations: subspace iterations of the randomized projector (``>= 0``);
-        each adds two passes over the gradient at a refresh (``0`` refreshes about
-        twice as fast as ``1``, with a cruder basis where the spectrum decays slowly).
+      projector: how a refresh computes bases: a :class:`Projector` such as
+        :func:`svd_projector` (thin SVD, the default) or
+        :func:`randomized_projector` (range finder; its ``oversampling``,
+        ``power_iterations`` and ``seed`` live there), or the shorthands
+        ``'svd'`` / ``'randomized'`` (their defaults).
       on_refresh: what happens to ``inner``'s state when the basis is refreshed:
         ``'keep'`` (galore-torch: untouched, old and new coordinates mix),
         ``'reset'`` (re-initialised) or ``'reproject'`` (rotated into the new
@@ -210,7 +308,6 @@ def project_lowrank(
         refresh and before projection (e.g. :func:`zo_sam_perturb`); it receives
         ``params``, ``subspace=`` (tree of :class:`Subspace` or ``None``) and the
         extra arguments.
-      seed: seed of the PRNG key kept in the state.
 
     Returns:
       The corresponding :class:`optax.GradientTransformationExtraArgs`.
@@ -247,31 +344,24 @@ def project_lowrank(
     gap = v.check_int("update_proj_gap", update_proj_gap, minimum=1)
     v.check_positive("scale", scale)
     proj_type = canonical_proj_type(proj_type)
-    v.check_choice("projector", projector, PROJECTORS)
-    oversampling = v.check_int("oversampling", oversampling, minimum=0)
-    power_iterations = v.check_int("power_iterations", power_iterations, minimum=0)
+    projector = as_projector(projector)
     v.check_choice("on_refresh", on_refresh, ON_REFRESH)
-    seed = v.check_int("seed", seed, minimum=0)
-    inner = optax.identity() if inner is None else inner
-    inner = optax.with_extra_args_support(inner)
+    inner = optax.with_extra_args_support(optax.identity() if inner is None else inner)
     pre = None if pre_projection is None else optax.with_extra_args_support(pre_projection)
 
     def plans_of(tree: Any) -> list[LeafPlan | None]:
         return resolve_plans(
-            tree,
-            rank=rank,
-            proj_type=proj_type,
-            dimension_numbers=dimension_numbers,
-            mask=mask,
+            tree, rank=rank, proj_type=proj_type, dimension_numbers=dimension_numbers, mask=mask
         )
 
     def proxies_of(tree: Any, plans: list[LeafPlan | None]) -> Any:
-        leaves = jax.tree.leaves(tree)
+        """The tree ``inner`` is initialised on: low-rank zeros for projected leaves."""
+        leaves, treedef = jax.tree.flatten(tree)
         proxies = [
             x if p is None else sharding.zeros(p.coord_shape, x.dtype, p.coord_spec, x)
             for x, p in zip(leaves, plans, strict=True)
         ]
-        return jax.tree.unflatten(jax.tree.structure(tree), proxies)
+        return jax.tree.unflatten(treedef, proxies)
 
     def init_fn(params: optax.Params) -> ProjectLowrankState:
         if isinstance(params, _state_utils._ParamsPlaceholder):
@@ -293,83 +383,13 @@ def project_lowrank(
                 "(e.g. lowrank.scale_by_adam_in_basis); the inner state has none. "
                 "Use on_refresh='keep' or 'reset' with other inner transformations."
             )
-        pre_state = optax.EmptyState() if pre is None else pre.init(raw)
         return ProjectLowrankState(
             count=jnp.zeros([], jnp.int32),
             bases=bases,
             inner_state=inner_state,
-            pre_state=pre_state,
-            key=jax.random.PRNGKey(seed),
+            pre_state=optax.EmptyState() if pre is None else pre.init(raw),
+            key=jax.random.PRNGKey(projector.seed or 0),
         )
-
-    def leaf_basis(g: jax.Array, plan: LeafPlan, old: LeafBasis, key: jax.Array) -> LeafBasis:
-        """A fresh basis for one leaf (the old one where the gradient is unusable)."""
-        # Decompositions need the matrix unsharded (batch axes may stay sharded).
-        g2 = sharding.reshard(plan.to_matrix(g), plan.decomposition_spec, g)
-        if projector == "svd":
-            u, vh = svd_factors(g2, plan.rank)  # NaN factors for a non-finite g2
-            finite = jnp.all(jnp.isfinite(u), axis=(-2, -1))
-            usable = finite & jnp.any(g2 != 0, axis=(-2, -1))
-        else:
-            # A one-sided projection sketches only the side it keeps; usability is
-            # read from the sketch (no scan of the full gradient).
-            sides = {(True, False): "left", (False, True): "right"}.get(
-                (old.left is not None, old.right is not None), "both"
-            )
-            u, vh, usable = randomized_factors_checked(
-                g2,
-                plan.rank,
-                key,
-                oversampling=oversampling,
-                power_iterations=power_iterations,
-                sides=sides,
-            )
-        usable = usable[..., None, None]
-        # Stored dtype (the params'), and the basis spec on a mesh.
-        left = right = None
-        if old.left is not None:
-            u = sharding.reshard(u.astype(old.left.dtype), plan.left_spec, g)
-            left = jnp.where(usable, u, old.left)
-        if old.right is not None:
-            vh = sharding.reshard(vh.astype(old.right.dtype), plan.right_spec, g)
-            right = jnp.where(usable, vh, old.right)
-        return LeafBasis(left, right)
-
-    def refresh_bases(
-        refresh: jax.Array,
-        leaves: list[jax.Array],
-        plans: list[LeafPlan | None],
-        keys: list[str],
-        state: ProjectLowrankState,
-    ) -> tuple[dict[str, LeafBasis], jax.Array]:
-        """Bases after this step's refresh decision, and the next PRNG key.
-
-        One independent ``lax.cond`` per leaf. Measured on the LLaMA-block
-        benchmark (CPU), this beats both one ``cond`` for the whole tree and
-        per-leaf conds chained one after the other: a normal step's untaken
-        branches (copies of the bases) overlap the other leaves' work instead
-        of serialising the step (~5-10 % of it), and the step's temporary
-        memory is the smallest of the three: 31.5 MB with the SVD and 11.5 MB
-        with the randomized projector, against 42.5 / 18.2 MB chained and
-        59 / 29 MB for a single cond (``optax.contrib.galore``: 28 MB).
-        """
-        key, sub = jax.random.split(state.key)
-        bases = {}
-        for i, (k, g, p) in enumerate(zip(keys, leaves, plans, strict=True)):
-            if p is None:
-                continue
-            bases[k] = jax.lax.cond(
-                refresh,
-                lambda g=g, p=p, k=k, i=i: leaf_basis(
-                    g, p, state.bases[k], jax.random.fold_in(sub, i)
-                ),
-                lambda k=k: state.bases[k],
-            )
-        if projector == "randomized":
-            key = jnp.where(refresh, key, state.key)
-        else:
-            key = state.key
-        return bases, key
 
     def update_fn(
         updates: optax.Updates,
@@ -377,42 +397,35 @@ def project_lowrank(
         params: optax.Params | None = None,
         **extra_args: Any,
     ) -> tuple[optax.Updates, ProjectLowrankState]:
-        for name in RESERVED_EXTRA_ARGS:
-            if name in extra_args:
-                raise TypeError(
-                    f"`{name}` is reserved by lowrank.project_lowrank and cannot be passed "
-                    "as an extra argument."
-                )
+        v.check_reserved_extra_args(extra_args, RESERVED_EXTRA_ARGS, "lowrank.project_lowrank")
         raw = unbox(updates)
+        treedef = jax.tree.structure(raw)
         plans = plans_of(raw)
         keys, leaves = _keyed_leaves(raw)
         refresh = state.count % gap == 0
+        bases, key = _refresh_bases(projector, refresh, leaves, plans, keys, state)
+        leaf_bases = [None if p is None else bases[k] for k, p in zip(keys, plans, strict=True)]
 
-        bases, key = refresh_bases(refresh, leaves, plans, keys, state)
-
+        pre_state = state.pre_state
         if pre is not None:
-            subspace = jax.tree.unflatten(
-                jax.tree.structure(raw),
-                [
-                    None if p is None else Subspace(p, bases[k])
-                    for k, p in zip(keys, plans, strict=True)
-                ],
-            )
+            subspace = [
+                None if p is None else Subspace(p, b)
+                for p, b in zip(plans, leaf_bases, strict=True)
+            ]
             raw_params = None if params is None else unbox(params)
             raw, pre_state = pre.update(
-                raw, state.pre_state, raw_params, subspace=subspace, **extra_args
+                raw,
+                pre_state,
+                raw_params,
+                subspace=jax.tree.unflatten(treedef, subspace),
+                **extra_args,
             )
             leaves = jax.tree.leaves(raw)
-        else:
-            pre_state = state.pre_state
 
         coords = [
-            g if p is None else p.project(g, bases[k])
-            for k, g, p in zip(keys, leaves, plans, strict=True)
+            g if p is None else p.project(g, b)
+            for g, p, b in zip(leaves, plans, leaf_bases, strict=True)
         ]
-        treedef = jax.tree.structure(raw)
-        coords_tree = jax.tree.unflatten(treedef, coords)
-
         inner_state = state.inner_state
         inner_kwargs = dict(extra_args)
         if on_refresh == "reset":
@@ -425,26 +438,17 @@ def project_lowrank(
         elif on_refresh == "reproject":
             apply = refresh & (state.count > 0)
             rotations = [
-                None if p is None else _rotation(p, bases[k], state.bases[k], apply)
+                None if p is None else _rotation(bases[k], state.bases[k], apply)
                 for k, p in zip(keys, plans, strict=True)
             ]
             inner_kwargs["basis_rotation"] = jax.tree.unflatten(treedef, rotations)
+        new_coords, inner_state = inner.update(
+            jax.tree.unflatten(treedef, coords), inner_state, None, **inner_kwargs
+        )
 
-        new_coords, inner_state = inner.update(coords_tree, inner_state, None, **inner_kwargs)
-
-        out = []
-        previous = None
-        sequence = jax.default_backend() == "cpu"
-        for k, n, g, p in zip(keys, jax.tree.leaves(new_coords), leaves, plans, strict=True):
-            if p is None:
-                out.append(n)
-                continue
-            if sequence and previous is not None and p.spec is None:
-                n = _after(n, previous, state.count)
-            full = (scale * p.back(n, bases[k])).astype(g.dtype)
-            previous = full
-            out.append(full)
-        new_updates = jax.tree.unflatten(jax.tree.structure(updates), out)
+        out = _back_project(
+            jax.tree.leaves(new_coords), leaves, plans, leaf_bases, scale, state.count
+        )
         new_state = ProjectLowrankState(
             count=optax.safe_increment(state.count),
             bases=bases,
@@ -452,6 +456,6 @@ def project_lowrank(
             pre_state=pre_state,
             key=key,
         )
-        return new_updates, new_state
+        return jax.tree.unflatten(jax.tree.structure(updates), out), new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

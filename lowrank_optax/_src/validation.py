@@ -15,6 +15,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from optax._src import base as optax_base  # NO_PARAMS_MSG: no public equivalent
 
 
 def concrete_scalar(value: Any) -> float | None:
@@ -95,6 +96,25 @@ def check_positive(name: str, value: Any) -> None:
 def check_beta(name: str, value: Any) -> None:
     """Checks a decay rate ``0 <= value < 1`` for concrete scalars."""
     check_range(name, value, low=0.0, high=1.0, high_inclusive=False)
+
+
+def require_params(params: Any, who: str | None = None) -> None:
+    """Raises optax's ``ValueError(NO_PARAMS_MSG)`` if ``params`` is ``None``.
+
+    ``who`` (e.g. ``'lowrank.curvatures.ggn'``) prefixes the message.
+    """
+    if params is None:
+        prefix = "" if who is None else f"{who}: "
+        raise ValueError(prefix + optax_base.NO_PARAMS_MSG)
+
+
+def check_reserved_extra_args(extra_args: Any, reserved: Iterable[str], owner: str) -> None:
+    """Raises ``TypeError`` if the user passed an extra argument ``owner`` reserves."""
+    for name in reserved:
+        if name in extra_args:
+            raise TypeError(
+                f"`{name}` is reserved by {owner} and cannot be passed as an extra argument."
+            )
 
 
 def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:
