@@ -28,6 +28,10 @@ from lowrank_optax._src.linalg import svd_factors as svd_factors
 from lowrank_optax._src.project_lowrank import ProjectLowrankState as ProjectLowrankState
 from lowrank_optax._src.project_lowrank import Subspace as Subspace
 from lowrank_optax._src.project_lowrank import project_lowrank as project_lowrank
+from lowrank_optax._src.projectors import Projector as Projector
+from lowrank_optax._src.projectors import ProjectorResult as ProjectorResult
+from lowrank_optax._src.projectors import randomized_projector as randomized_projector
+from lowrank_optax._src.projectors import svd_projector as svd_projector
 from lowrank_optax._src.subspace import DimensionNumbers as DimensionNumbers
 from lowrank_optax._src.subspace import LeafBasis as LeafBasis
 from lowrank_optax._src.weight_decay import (
