@@ -7,7 +7,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from optax._src import base as optax_base
 
 from lowrank_optax._src import validation as v
 
@@ -124,8 +123,7 @@ def param_ema(
         params: optax.Params | None = None,
         **extra_args: Any,
     ) -> tuple[optax.Updates, ParamEmaState]:
-        if params is None:
-            raise ValueError(optax_base.NO_PARAMS_MSG)
+        v.require_params(params)
         updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
         new_params = optax.apply_updates(params, updates)
         first = state.count == 0

@@ -24,12 +24,9 @@ from typing import Any, TypeVar
 import jax
 import jax.numpy as jnp
 
+from lowrank_optax._src.numerics import working_dtype
+
 T = TypeVar("T")
-
-
-def decomposition_dtype(dtype: jnp.dtype) -> jnp.dtype:
-    """The dtype a decomposition of ``dtype`` data runs in (at least float32)."""
-    return jnp.promote_types(dtype, jnp.float32)
 
 
 def full_precision(fn: Callable[..., T]) -> Callable[..., T]:
@@ -176,7 +173,7 @@ def svd_factors_checked(g: jax.Array, rank: int) -> tuple[jax.Array, jax.Array, 
     LAPACK and from the largest singular value (``σ₁ > 0`` iff ``g ≠ 0``); the
     factors of an unusable matrix are those of a zero matrix (finite).
     """
-    g = g.astype(decomposition_dtype(g.dtype))
+    g = g.astype(working_dtype(g.dtype))
     g, finite = finite_or_zero(g)
     u, s, vh = jnp.linalg.svd(g, full_matrices=False)
     u, vh = canonicalize_signs(u[..., :rank], vh[..., :rank, :])
@@ -192,7 +189,7 @@ def svd_factors(g: jax.Array, rank: int) -> tuple[jax.Array, jax.Array]:
 
     Returns:
       ``(u, vh)`` of shapes ``(..., m, rank)`` and ``(..., rank, n)`` in the
-      decomposition dtype (see :func:`decomposition_dtype`). A matrix with a
+      decomposition dtype (at least float32, ``numerics.working_dtype``). A matrix with a
       NaN or an infinity gives NaN factors: LAPACK's SVD is never called on it
       (``gesdd`` loops forever on some wide matrices holding an infinity).
       (Inside the library, :func:`svd_projector` reports such matrices with a
@@ -287,7 +284,7 @@ def randomized_factors_checked(
     """
     if sides not in ("both", "left", "right"):
         raise ValueError(f"`sides` must be one of 'both', 'left', 'right'; got {sides!r}.")
-    g = g.astype(decomposition_dtype(g.dtype))
+    g = g.astype(working_dtype(g.dtype))
     m, n = g.shape[-2:]
     width = min(rank + oversampling, m, n)
     if sides == "both":  # sketch the smaller side: the QR runs on it

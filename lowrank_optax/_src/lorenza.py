@@ -21,10 +21,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from optax._src import base as optax_base
 
 from lowrank_optax._src import validation as v
 from lowrank_optax._src.adam_in_basis import scale_by_adam_in_basis
+from lowrank_optax._src.numerics import working_dtype
 from lowrank_optax._src.project_lowrank import Subspace, project_lowrank
 from lowrank_optax._src.projectors import ProjectorArg, randomized_projector
 from lowrank_optax._src.subspace import DimsArg, MaskArg
@@ -51,11 +51,6 @@ class ZoSamPerturbState(NamedTuple):
     """
 
     key: jax.Array
-
-
-def _compute_dtype(dtype: jnp.dtype) -> jnp.dtype:
-    """At least float32: the dtype of probe coordinates and accumulators."""
-    return jnp.promote_types(dtype, jnp.float32)
 
 
 def _coord_shape(kind: LeafKind, leaf: jax.Array) -> tuple[int, ...]:
@@ -92,7 +87,7 @@ def probe_coordinates(
         if kind is None:
             out.append(None)
             continue
-        dtype = _compute_dtype(jnp.result_type(w))
+        dtype = working_dtype(jnp.result_type(w))
         out.append(
             jax.random.normal(jax.random.fold_in(probe_key, i), _coord_shape(kind, w), dtype)
         )
@@ -162,7 +157,7 @@ def estimate_ascent(
         deltas = to_full(kinds, coords)
         f_plus = evaluate(_shifted(leaves, deltas, mu))
         f_minus = evaluate(_shifted(leaves, deltas, -mu))
-        dtype = _compute_dtype(jnp.result_type(f_plus, f_minus))
+        dtype = working_dtype(jnp.result_type(f_plus, f_minus))
         c = (f_plus.astype(dtype) - f_minus.astype(dtype)) / (2 * jnp.asarray(mu, dtype))
         return coords, deltas, c
 
@@ -181,7 +176,7 @@ def estimate_ascent(
         return (acc, finite & jnp.isfinite(c)), c
 
     zero_coords = [
-        None if k is None else jnp.zeros(_coord_shape(k, w), _compute_dtype(jnp.result_type(w)))
+        None if k is None else jnp.zeros(_coord_shape(k, w), working_dtype(jnp.result_type(w)))
         for k, w in zip(kinds, leaves, strict=True)
     ]
     (acc, finite), c = jax.lax.scan(body, (zero_coords, jnp.asarray(True)), jnp.arange(num_probes))
@@ -368,8 +363,7 @@ def zo_sam_perturb(
             raise TypeError(f"`value_fn` must be callable (params -> loss), got {value_fn!r}.")
         if grad_fn is not None and not callable(grad_fn):
             raise TypeError(f"`grad_fn` must be callable (params -> grads), got {grad_fn!r}.")
-        if params is None:
-            raise ValueError(optax_base.NO_PARAMS_MSG)
+        v.require_params(params)
         gradient = jax.grad(value_fn) if grad_fn is None else grad_fn
 
         key, step_key = jax.random.split(state.key)

@@ -67,8 +67,12 @@ class ProjectorResult(NamedTuple):
 _SIDES = {"left": "left", "right": "right", "full": "both"}
 
 
-def _replicated(g: jax.Array, plan: LeafPlan) -> jax.Array:
-    """``g`` with only its batch axes sharded (what LAPACK-backed decompositions need)."""
+def _gathered(g: jax.Array, plan: LeafPlan) -> jax.Array:
+    """``g`` with only its batch axes sharded (what LAPACK-backed decompositions need).
+
+    A range finder working on the sharded gradient (sketch-sized collectives)
+    would skip this gather.
+    """
     return sharding.reshard(g, plan.decomposition_spec, g)
 
 
@@ -96,7 +100,7 @@ class SvdProjector(Projector):
 
     def factors(self, g: jax.Array, plan: LeafPlan, key: jax.Array) -> ProjectorResult:
         del key
-        u, vh, usable = svd_factors_checked(_replicated(g, plan), plan.rank)
+        u, vh, usable = svd_factors_checked(_gathered(g, plan), plan.rank)
         return ProjectorResult(
             u if plan.left_shape is not None else None,
             vh if plan.right_shape is not None else None,
@@ -129,7 +133,7 @@ class RandomizedProjector(Projector):
         # the sketch (no scan of the full gradient).
         return ProjectorResult(
             *randomized_factors_checked(
-                _replicated(g, plan),
+                _gathered(g, plan),
                 plan.rank,
                 key,
                 oversampling=self.oversampling,

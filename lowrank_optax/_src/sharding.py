@@ -82,6 +82,18 @@ def reshard(x: jax.Array, spec: Spec | None, like: Any) -> jax.Array:
     return jax.sharding.reshard(x, _named(like, spec))
 
 
+def replicated(x: jax.Array) -> jax.Array:
+    """``x`` fully replicated when its type carries an Explicit sharding (else ``x``).
+
+    The one "gather before a decomposition" helper: a no-op off Explicit meshes
+    and for arrays that are already replicated.
+    """
+    spec = explicit_spec(x)
+    if spec is None or all(s is None for s in spec):
+        return x
+    return reshard(x, (None,) * len(spec), x)
+
+
 def matmul(a: jax.Array, b: jax.Array, out_spec: Spec | None, like: Any) -> jax.Array:
     """``a @ b`` with an explicit output spec (needed when the contraction is sharded)."""
     if out_spec is None:

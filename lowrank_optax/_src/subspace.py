@@ -291,11 +291,6 @@ def unbox(tree: Any) -> Any:
     return jax.tree.map(_unbox_one, tree, is_leaf=is_box)
 
 
-def rebox(template: Any, raw: Any) -> Any:
-    """Puts the leaves of ``raw`` back into the (possibly boxed) structure ``template``."""
-    return jax.tree.unflatten(jax.tree.structure(template), jax.tree.leaves(raw))
-
-
 # -- leaf selection --------------------------------------------------------------
 
 DimsSpec = DimensionNumbers | None

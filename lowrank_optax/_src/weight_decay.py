@@ -7,7 +7,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from optax._src import base as optax_base
 
 from lowrank_optax._src import validation as v
 
@@ -77,8 +76,7 @@ def decay_weights_after_update(
         state: DecayWeightsAfterUpdateState,
         params: optax.Params | None = None,
     ) -> tuple[optax.Updates, DecayWeightsAfterUpdateState]:
-        if params is None:
-            raise ValueError(optax_base.NO_PARAMS_MSG)
+        v.require_params(params)
         lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
         shrink = 1 - lr * weight_decay
         new = jax.tree.map(

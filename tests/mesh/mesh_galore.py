@@ -16,6 +16,7 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import lowrank_optax as lowrank
+from lowrank_optax._src import sharding as lowrank_sharding
 
 if jax.device_count() != 8:  # pragma: no cover - guarded by test_mesh.py
     pytest.skip("needs 8 simulated devices", allow_module_level=True)
@@ -124,6 +125,17 @@ def test_sharded_updates_match_single_device(axis_type, proj_type, projector, sp
             assert _specs(state2) == want
             _, state3 = jax.jit(tx.update)(jax.device_put(GRADS[0], shardings), state2, params)
             assert _specs(state3) == want
+
+
+def test_replicated_helper():
+    mesh = jax.make_mesh((4, 2), ("x", "y"), axis_types=(AxisType.Explicit,) * 2)
+    with jax.set_mesh(mesh):
+        x = jax.device_put(PARAMS["tall"], NamedSharding(mesh, P("x", "y")))
+        out = jax.jit(lowrank_sharding.replicated)(x)
+        assert jax.typeof(out).sharding.spec == P(None, None)
+        np.testing.assert_array_equal(out, PARAMS["tall"])
+    plain = PARAMS["tall"]
+    assert lowrank_sharding.replicated(plain) is plain
 
 
 def test_partition_spec_rules():

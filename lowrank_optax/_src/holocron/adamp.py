@@ -5,10 +5,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
-from optax._src import base as optax_base
 
-from lowrank_optax._src.adam_in_basis import scale_by_adam_in_basis
+from lowrank_optax._src import validation
 from lowrank_optax._src.holocron import checks, common
+from lowrank_optax._src.numerics import working_dtype
 
 _COS_EPS = 1e-8  # torch.nn.functional.cosine_similarity's default eps
 
@@ -24,7 +24,7 @@ def project_if_scale_invariant(
     :math:`n = \theta / (\lVert\theta\rVert + \epsilon)`. When
     :math:`\lVert\theta\rVert + \epsilon = 0` the projection is the identity.
     """
-    dtype = common.scalar_dtype(param.dtype)
+    dtype = working_dtype(param.dtype)
     th, gr, pp = param.astype(dtype), grad.astype(dtype), p.astype(dtype)
     th_norm = jnp.sqrt(jnp.sum(th * th))
     g_norm = jnp.sqrt(jnp.sum(gr * gr))
@@ -70,17 +70,11 @@ def scale_by_adamp(
     checks.eps(eps)
     checks.nonnegative("delta", delta)
 
-    if amsgrad:
-        moments = scale_by_adam_in_basis(b1, b2, eps, amsgrad_decay=1.0)
-    else:
-        moments = optax.scale_by_adam(b1, b2, eps)
+    moments = common.adam_moments(b1, b2, eps, amsgrad=amsgrad)
 
     def update_fn(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
-        if params is None:
-            raise ValueError(optax_base.NO_PARAMS_MSG)
-        _, state = moments.update(updates, state)  # the moments; quotient below
-        nu = state.nu_max if amsgrad else state.nu
-        steps = common.adaptive_direction(state.mu, nu, b1, b2, state.count, eps)
+        validation.require_params(params)
+        steps, state = common.adam_step(moments, updates, state, b1, b2, eps)
         direction = jax.tree.map(
             lambda p, th, g: project_if_scale_invariant(p, th, g, delta, eps),
             steps,

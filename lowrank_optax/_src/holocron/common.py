@@ -1,8 +1,8 @@
 """Numerical helpers shared by the holocron family.
 
-* :func:`scalar_dtype` -- the dtype for per-leaf scalars (norms, step-dependent
-  coefficients): the leaf dtype promoted to at least float32, so bf16 leaves get
-  float32 reductions and float64 leaves stay float64.
+* :func:`tree_scalar_dtype` -- the dtype for per-leaf scalars (norms,
+  step-dependent coefficients): :func:`numerics.working_dtype` of the widest
+  leaf, so bf16 leaves get float32 reductions and float64 leaves stay float64.
 * :func:`leaf_sum` / :func:`leaf_norm` -- per-leaf reductions in that dtype.
 * :func:`safe_div` -- :func:`numerics.safe_div` (re-exported here for the
   family's modules).
@@ -20,31 +20,27 @@ import jax.numpy as jnp
 import optax
 
 from lowrank_optax._src import validation
-from lowrank_optax._src.adam_in_basis import adam_direction
+from lowrank_optax._src.adam_in_basis import adam_direction, scale_by_adam_in_basis
 from lowrank_optax._src.numerics import safe_div as safe_div
-
-
-def scalar_dtype(dtype: Any) -> jnp.dtype:
-    """Working dtype for scalars derived from leaves of ``dtype`` (>= float32)."""
-    return jnp.promote_types(dtype, jnp.float32)
+from lowrank_optax._src.numerics import working_dtype
 
 
 def tree_scalar_dtype(tree: Any) -> jnp.dtype:
-    """:func:`scalar_dtype` of the widest leaf of ``tree`` (float32 if empty)."""
+    """:func:`working_dtype` of the widest leaf of ``tree`` (float32 if empty)."""
     leaves = jax.tree.leaves(tree)
     if not leaves:
         return jnp.dtype(jnp.float32)
-    return scalar_dtype(jnp.result_type(*leaves))
+    return working_dtype(jnp.result_type(*leaves))
 
 
 def leaf_sum(x: jax.Array) -> jax.Array:
-    """Sum of all entries of ``x``, accumulated in :func:`scalar_dtype`."""
-    return jnp.sum(x, dtype=scalar_dtype(x.dtype))
+    """Sum of all entries of ``x``, accumulated in :func:`working_dtype`."""
+    return jnp.sum(x, dtype=working_dtype(x.dtype))
 
 
 def leaf_norm(x: jax.Array) -> jax.Array:
-    """Frobenius norm of ``x`` in :func:`scalar_dtype`."""
-    return jnp.sqrt(leaf_sum(jnp.square(x.astype(scalar_dtype(x.dtype)))))
+    """Frobenius norm of ``x`` in :func:`working_dtype`."""
+    return jnp.sqrt(leaf_sum(jnp.square(x.astype(working_dtype(x.dtype)))))
 
 
 def is_positive_constant(value: Any) -> bool:
@@ -69,6 +65,38 @@ def adaptive_direction(mu: Any, nu: Any, b1: Any, b2: Any, count: jax.Array, eps
     """
     zero_safe = not is_positive_constant(eps)
     return adam_direction(mu, nu, count, b1=b1, b2=b2, eps=eps, zero_safe=zero_safe)
+
+
+def adam_moments(
+    b1: Any, b2: Any, eps: Any, *, amsgrad: bool = False
+) -> optax.GradientTransformation:
+    """The moment transformation of LAMB, RaLars and AdamP (its state is theirs).
+
+    :func:`optax.scale_by_adam`, or :func:`scale_by_adam_in_basis` with
+    ``amsgrad_decay=1`` (torch's maximum of the raw second moment) under
+    ``amsgrad``. Their quotient is recomputed by :func:`adam_step`.
+    """
+    if amsgrad:
+        return scale_by_adam_in_basis(b1, b2, eps, amsgrad_decay=1.0)
+    return optax.scale_by_adam(b1, b2, eps)
+
+
+def adam_step(
+    moments: optax.GradientTransformation,
+    updates: Any,
+    state: Any,
+    b1: Any,
+    b2: Any,
+    eps: Any,
+) -> tuple[Any, Any]:
+    """Advances :func:`adam_moments` and returns ``(direction, new_state)``.
+
+    The direction is :func:`adaptive_direction` of the new moments (the AMSGrad
+    maximum when the state has one), in the moments' dtype (callers cast).
+    """
+    _, state = moments.update(updates, state)  # the moments; the quotient is ours
+    nu = state.nu if getattr(state, "nu_max", None) is None else state.nu_max
+    return adaptive_direction(state.mu, nu, b1, b2, state.count, eps), state
 
 
 def zeros_or_none(params: Any, enabled: bool) -> Any:

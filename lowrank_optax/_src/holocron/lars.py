@@ -4,8 +4,8 @@ from typing import Any
 
 import jax
 import optax
-from optax._src import base as optax_base
 
+from lowrank_optax._src import validation
 from lowrank_optax._src.holocron import checks, common, trust_ratio
 from lowrank_optax._src.holocron.momentum import trace_dampened
 
@@ -51,8 +51,7 @@ def scale_by_lars_trust_ratio(
     clip = checks.scale_clip(scale_clip)
 
     def update_fn(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
-        if params is None:
-            raise ValueError(optax_base.NO_PARAMS_MSG)
+        validation.require_params(params)
 
         def leaf(g: jax.Array, p: jax.Array) -> jax.Array:
             p_norm = common.leaf_norm(p)

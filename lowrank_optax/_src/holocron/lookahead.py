@@ -5,8 +5,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from optax._src import base as optax_base
 
+from lowrank_optax._src import validation
 from lowrank_optax._src.holocron import checks
 
 
@@ -147,8 +147,7 @@ def lookahead(
     def update_fn(
         updates: Any, state: LookaheadState, params: Any = None, **extra_args: Any
     ) -> tuple[Any, LookaheadState]:
-        if params is None:
-            raise ValueError(optax_base.NO_PARAMS_MSG)
+        validation.require_params(params)
         fast, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
         count = optax.safe_int32_increment(state.count)
         operands = (state.slow, params, fast)

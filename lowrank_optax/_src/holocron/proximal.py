@@ -5,8 +5,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from optax._src import base as optax_base
 
+from lowrank_optax._src import validation
 from lowrank_optax._src.holocron import checks, common
 
 
@@ -67,8 +67,7 @@ def proximal_decay(
         count = optax.safe_int32_increment(state.count)
         if common.is_zero_constant(weight_decay):
             return updates, ProximalDecayState(count=count)
-        if params is None:
-            raise ValueError(optax_base.NO_PARAMS_MSG)
+        validation.require_params(params)
         lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
         shrink = 1 + lr * weight_decay
 

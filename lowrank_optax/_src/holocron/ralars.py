@@ -5,8 +5,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
-from optax._src import base as optax_base
 
+from lowrank_optax._src import validation
 from lowrank_optax._src.holocron import checks, common, trust_ratio
 
 
@@ -65,13 +65,11 @@ def scale_by_ralars(
     checks.eps(eps)
     checks.weight_decay(weight_decay)
     clip = checks.scale_clip(scale_clip)
-    adam = optax.scale_by_adam(b1=b1, b2=b2, eps=eps)
+    adam = common.adam_moments(b1, b2, eps)
 
     def update_fn(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
-        if params is None:
-            raise ValueError(optax_base.NO_PARAMS_MSG)
-        _, state = adam.update(updates, state)  # optax's moments; quotients below
-        adam_dir = common.adaptive_direction(state.mu, state.nu, b1, b2, state.count, eps)
+        validation.require_params(params)
+        adam_dir, state = common.adam_step(adam, updates, state, b1, b2, eps)
         mu_hat = optax.tree.bias_correction(state.mu, b1, state.count)
         r_t, rectified = rectification(b2, state.count, common.tree_scalar_dtype(updates))
         if force_adaptive_momentum:

@@ -5,10 +5,11 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from optax._src import base as optax_base
 
+from lowrank_optax._src import validation
 from lowrank_optax._src.holocron import checks, common
 from lowrank_optax._src.holocron.lookahead import copy_params, sync_towards
+from lowrank_optax._src.numerics import working_dtype
 
 
 class ScoutState(NamedTuple):
@@ -65,7 +66,7 @@ def coherence_rate(mean: Any, m2: Any, mx: Any, mn: Any, period: int, sync_rate:
     dtype = common.tree_scalar_dtype(mean)
 
     def leaf(mu: jax.Array, s2: jax.Array, hi: jax.Array, lo: jax.Array):
-        wd = common.scalar_dtype(mu.dtype)
+        wd = working_dtype(mu.dtype)
         mu, s2, hi, lo = (x.astype(wd) for x in (mu, s2, hi, lo))
         max_dev = jnp.maximum(hi - mu, mu - lo)
         std = jnp.sqrt(jnp.maximum(s2, 0) / max(period - 1, 1))
@@ -186,8 +187,7 @@ def scout(
     def update_fn(
         updates: Any, state: ScoutState, params: Any = None, **extra_args: Any
     ) -> tuple[Any, ScoutState]:
-        if params is None:
-            raise ValueError(optax_base.NO_PARAMS_MSG)
+        validation.require_params(params)
         fast, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
         position = state.count % period + 1
         stats = accumulate(state, fast, position)

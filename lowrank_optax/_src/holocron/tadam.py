@@ -8,6 +8,7 @@ import optax
 
 from lowrank_optax._src.adam_in_basis import amsgrad_max
 from lowrank_optax._src.holocron import checks, common
+from lowrank_optax._src.numerics import working_dtype
 
 
 class ScaleByTadamState(NamedTuple):
@@ -28,7 +29,7 @@ class ScaleByTadamState(NamedTuple):
 
 def _residual_sum(g: jax.Array, m: jax.Array, v: jax.Array, eps: Any) -> jax.Array:
     r""":math:`\sum_j (g_j - m_j)^2 / (v_j + \epsilon)` with ``0/0 = 0`` and ``x/0 = inf``."""
-    dtype = common.scalar_dtype(g.dtype)
+    dtype = working_dtype(g.dtype)
     sq = jnp.square(g.astype(dtype) - m.astype(dtype))
     den = v.astype(dtype) + eps
     if common.is_positive_constant(eps):

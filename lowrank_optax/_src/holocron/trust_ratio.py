@@ -12,8 +12,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from optax._src import base as optax_base
 
+from lowrank_optax._src import validation
 from lowrank_optax._src.holocron import common
 
 
@@ -48,8 +48,7 @@ def apply_clipped_trust_ratio(
 
     The ratio is 1 when ``phi(||theta||) = 0`` or ``||u|| = 0``.
     """
-    if params is None:
-        raise ValueError(optax_base.NO_PARAMS_MSG)
+    validation.require_params(params)
     decayed = weight_decayed(direction, params, weight_decay)
 
     def scale_leaf(u: jax.Array, p: jax.Array) -> jax.Array:
