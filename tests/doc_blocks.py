@@ -38,6 +38,7 @@ import re
 import sys
 import time
 import traceback
+import types
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MAX_NOT_RUNNABLE = 3
@@ -192,7 +193,7 @@ def _run_block(block: Block) -> None:
     filename = str(block.page)
     if block.source.lstrip().startswith(">>>"):
         test = doctest.DocTestParser().get_doctest(
-            block.source, {"__name__": "__doc_block__"}, block.where, filename, block.line - 1
+            block.source, {"__name__": "__main__"}, block.where, filename, block.line - 1
         )
         runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
         out: list[str] = []
@@ -200,7 +201,16 @@ def _run_block(block: Block) -> None:
         if result.failed:
             raise AssertionError("".join(out))
         return
-    exec(compile(padded, filename, "exec"), {"__name__": "__doc_block__"})
+    # As a script: the block's namespace is the module ``__main__`` (dataclasses,
+    # pickle and typing look their module up in sys.modules).
+    module = types.ModuleType("__main__")
+    module.__file__ = filename
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = module
+    try:
+        exec(compile(padded, filename, "exec"), module.__dict__)
+    finally:
+        sys.modules["__main__"] = main
 
 
 def run_page(page: pathlib.Path) -> list[dict[str, object]]:
