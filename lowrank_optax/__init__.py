@@ -162,3 +162,5 @@ from lowrank_optax._src.blockwise import block_layout as block_layout
 from lowrank_optax._src.blockwise import dequantize_blockwise as dequantize_blockwise
 from lowrank_optax._src.blockwise import dynamic_code_map as dynamic_code_map
 from lowrank_optax._src.blockwise import quantize_blockwise as quantize_blockwise
+from lowrank_optax._src.quantize import quantize_state as quantize_state
+from lowrank_optax._src.quantize import register_nonnegative_fields as register_nonnegative_fields
