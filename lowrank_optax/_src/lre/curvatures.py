@@ -26,7 +26,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from optax._src import base as optax_base
 
 from lowrank_optax._src import validation as v
 from lowrank_optax._src.lre import flatten
@@ -145,8 +144,7 @@ def _require(extra: dict[str, Any], names: tuple[str, ...], who: str) -> None:
 
 
 def _need_params(ctx: CollectContext, who: str) -> jax.Array:
-    if ctx.params is None:
-        raise ValueError(f"lowrank.curvatures.{who}: {optax_base.NO_PARAMS_MSG}")
+    v.require_params(ctx.params, f"lowrank.curvatures.{who}")
     return ctx.params
 
 

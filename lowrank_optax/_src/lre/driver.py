@@ -18,7 +18,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from optax._src import base as optax_base
 
 # optax.tree_map_params calls init on this placeholder; optax has no public name for
 # it, and init must recognise it to return a state with no parameter-shaped array.
@@ -27,7 +26,7 @@ from optax.tree_utils._state_utils import _ParamsPlaceholder
 from lowrank_optax._src import validation as v
 from lowrank_optax._src.adam_in_basis import scale_by_adam_in_basis
 from lowrank_optax._src.basis_rotation import BasisRotation
-from lowrank_optax._src.linalg import decomposition_dtype, full_precision
+from lowrank_optax._src.linalg import full_precision
 from lowrank_optax._src.lre import bases as bases_lib
 from lowrank_optax._src.lre import curvatures as curvatures_lib
 from lowrank_optax._src.lre import flatten
@@ -39,6 +38,7 @@ from lowrank_optax._src.lre.inner import (
     clip_norm_by_ema_in_basis,
 )
 from lowrank_optax._src.lre.linalg import keep_if, tiny
+from lowrank_optax._src.numerics import working_dtype
 
 RESERVED_EXTRA_ARGS = (
     "projected_grad",
@@ -257,7 +257,7 @@ def _layout(cfg: _Config, tree: Any, dtype: Any) -> _Layout:
 
 
 def _compute_dtype(cfg: _Config, dtype: Any) -> Any:
-    return decomposition_dtype(dtype if cfg.compute_dtype is None else cfg.compute_dtype)
+    return working_dtype(dtype if cfg.compute_dtype is None else cfg.compute_dtype)
 
 
 def _coordinates(cfg: _Config, items: list[Any], like: Any) -> Any:
@@ -478,17 +478,9 @@ def _update(
     params: optax.Params | None,
     extra_args: dict[str, Any],
 ) -> tuple[optax.Updates, EigenbasisState]:
-    for name in RESERVED_EXTRA_ARGS:
-        if name in extra_args:
-            raise TypeError(
-                f"`{name}` is reserved by lowrank.eigenbasis_update and cannot be passed "
-                "as an extra argument."
-            )
-    if cfg.curvature.needs_params and params is None:
-        raise ValueError(
-            f"lowrank.curvatures.{cfg.curvature.name} reads the parameters: "
-            + optax_base.NO_PARAMS_MSG
-        )
+    v.check_reserved_extra_args(extra_args, RESERVED_EXTRA_ARGS, "lowrank.eigenbasis_update")
+    if cfg.curvature.needs_params:
+        v.require_params(params, f"lowrank.curvatures.{cfg.curvature.name}")
     dtype = _compute_dtype(cfg, jnp.result_type(*_check_floating(updates, "gradients")))
     layout = _layout(cfg, updates, dtype)
     flat_g, unravel = flatten.ravel(updates, layout.rows)

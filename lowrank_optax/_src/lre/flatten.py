@@ -22,6 +22,7 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from lowrank_optax._src import sharding
+from lowrank_optax._src.lre.linalg import replicated
 
 
 def rows_sharding(leaves: list[Any]) -> NamedSharding | None:
@@ -92,13 +93,6 @@ def zeros_rows(shape: tuple[int, ...], dtype: Any, rows: NamedSharding | None) -
     return jnp.zeros(shape, dtype, out_sharding=NamedSharding(rows.mesh, P(*spec)))
 
 
-def _replicated(x: jax.Array) -> jax.Array:
-    spec = sharding.explicit_spec(x)
-    if spec is None or all(s is None for s in spec):
-        return x
-    return sharding.reshard(x, (None,) * len(spec), x)
-
-
 def _leaf_sharding(x: Any) -> NamedSharding | None:
     spec = sharding.explicit_spec(x)
     if spec is None:
@@ -118,12 +112,12 @@ def ravel(tree: Any, rows: NamedSharding | None) -> tuple[jax.Array, Callable[[j
         return ravel_pytree(tree)
     leaves, treedef = jax.tree.flatten(tree)
     dtype = jnp.result_type(*leaves)
-    flat = jnp.concatenate([jnp.ravel(_replicated(x)).astype(dtype) for x in leaves])
+    flat = jnp.concatenate([jnp.ravel(replicated(x)).astype(dtype) for x in leaves])
     flat = put_rows(flat, rows)
     meta = [(jnp.shape(x), jnp.result_type(x), _leaf_sharding(x)) for x in leaves]
 
     def unravel(vec: jax.Array) -> Any:
-        full = _replicated(vec)
+        full = replicated(vec)
         out, start = [], 0
         for shape, dt, leaf_sharding in meta:
             size = int(np.prod(shape))
@@ -143,7 +137,7 @@ def ravel_batched(tree: Any, rows: NamedSharding | None) -> jax.Array:
         return jax.vmap(lambda t: ravel_pytree(t)[0])(tree).T
     leaves = jax.tree.leaves(tree)
     dtype = jnp.result_type(*leaves)
-    parts = [_replicated(x).reshape(jnp.shape(x)[0], -1).astype(dtype) for x in leaves]
+    parts = [replicated(x).reshape(jnp.shape(x)[0], -1).astype(dtype) for x in leaves]
     return put_rows(jnp.concatenate(parts, axis=1).T, rows)
 
 
@@ -153,7 +147,7 @@ def block(a: jax.Array, start: int, size: int, rows: NamedSharding | None) -> ja
         return a
     if rows is None:
         return a[start : start + size]
-    return put_rows(_replicated(a)[start : start + size], rows)
+    return put_rows(replicated(a)[start : start + size], rows)
 
 
 def join(parts: list[jax.Array], rows: NamedSharding | None) -> jax.Array:
@@ -162,4 +156,4 @@ def join(parts: list[jax.Array], rows: NamedSharding | None) -> jax.Array:
         return parts[0]
     if rows is None:
         return jnp.concatenate(parts)
-    return put_rows(jnp.concatenate([_replicated(p) for p in parts]), rows)
+    return put_rows(jnp.concatenate([replicated(p) for p in parts]), rows)
