@@ -54,14 +54,15 @@ class ValidationTest(parameterized.TestCase):
 
     def test_valid_edge_values_are_accepted(self):
         p = jnp.ones(3)
+        ggt = B.ggt(3)
         for tx in (
-            lowrank.lre(0.0),
-            lowrank.lre(optax.linear_schedule(0.1, 0.0, 10)),
-            lowrank.lre(0.1, compute_dtype="float32", seed=np.int64(3)),
-            lowrank.lre(0.1, compute_dtype=jnp.bfloat16),  # promoted to float32
+            lowrank.lre(0.0, basis=ggt),
+            lowrank.lre(optax.linear_schedule(0.1, 0.0, 10), basis=ggt),
+            lowrank.lre(0.1, basis=ggt, compute_dtype="float32", seed=np.int64(3)),
+            lowrank.lre(0.1, basis=ggt, compute_dtype=jnp.bfloat16),  # promoted to float32
             lowrank.eigenbasis_update([], **OK),
         ):
-            u, _ = tx.update(p, tx.init(p), p)
+            u, _ = jax.jit(tx.update)(p, tx.init(p), p)
             self.assertTrue(np.all(np.isfinite(u)))
 
 
@@ -168,6 +169,7 @@ class InjectHyperparamsTest(parameterized.TestCase):
 
     @parameterized.named_parameters(
         ("lre_defaults", lambda: optax.inject_hyperparams(lowrank.lre)(learning_rate=0.1)),
+        # (ggt's default history of 100 columns: the alias exactly as a user writes it)
         (
             "lre_passed_structural",
             lambda: optax.inject_hyperparams(
@@ -207,19 +209,48 @@ class InjectHyperparamsTest(parameterized.TestCase):
             p = optax.apply_updates(p, u)
         self.assertTrue(all(np.all(np.isfinite(x)) for x in jax.tree.leaves(u)))
 
+    @parameterized.named_parameters(
+        *[
+            (name, name)
+            for name in (
+                "scale_by_full_matrix_adam_in_basis",
+                "scale_by_hutchinson_adam_in_basis",
+                "scale_by_full_matrix_hutchinson_adam_in_basis",
+                "scale_by_full_matrix_bfgs_adam_in_basis",
+                "scale_by_cubic_adam_in_basis",
+                "scale_by_lion_in_basis",
+                "ema_in_basis",
+                "cautious_in_basis",
+                "clip_norm_by_ema_in_basis",
+                "copy_grad_sign_in_basis",
+                "scale_by_inverse_eigenvalues",
+            )
+        ]
+    )
+    def test_inner_primitive_with_defaults(self, name):
+        tx = optax.inject_hyperparams(getattr(lowrank, name))()
+        u = jnp.array([1.0, -2.0, 0.5])
+        extra = dict(
+            projected_grad=u,
+            eigenvalues=jnp.array([1.0, 2.0, 3.0]),
+            basis_valid=jnp.ones(3, jnp.bool_),
+            curvature_probes=lowrank.CurvatureProbes(u, 2 * u, jnp.asarray(True)),
+        )
+        out, _ = jax.jit(lambda u, s: tx.update(u, s, None, **extra))(u, jax.jit(tx.init)(u))
+        self.assertTrue(np.all(np.isfinite(out)))
+
     def test_injected_learning_rate_matches_plain_alias(self):
         p = jnp.array([1.0, -2.0, 0.5])
         plain, injected = (
-            lowrank.lre(0.1),
-            optax.inject_hyperparams(lowrank.lre)(learning_rate=0.1),
+            lowrank.lre(0.1, basis=B.ggt(3)),
+            optax.inject_hyperparams(lowrank.lre)(learning_rate=0.1, basis=B.ggt(3)),
         )
-        u_plain, _ = plain.update(p, plain.init(p), p)
-        u_inj, state = jax.jit(injected.update)(p, injected.init(p), p)
+        u_plain, _ = jax.jit(plain.update)(p, plain.init(p), p)
+        step = jax.jit(injected.update)
+        u_inj, state = step(p, injected.init(p), p)
         np.testing.assert_allclose(u_inj, u_plain, rtol=1e-6)
         state.hyperparams["learning_rate"] = jnp.asarray(0.05)
-        u_half, _ = jax.jit(injected.update)(
-            p, injected.init(p)._replace(hyperparams=state.hyperparams), p
-        )
+        u_half, _ = step(p, injected.init(p)._replace(hyperparams=state.hyperparams), p)
         np.testing.assert_allclose(u_half, u_plain / 2, rtol=1e-6)
 
 

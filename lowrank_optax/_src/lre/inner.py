@@ -426,7 +426,7 @@ def clip_norm_by_ema_in_basis(
     normalize: bool = False,
     min_norm: jax.typing.ArrayLike = 1e-2,
     init: jax.typing.ArrayLike = 1e-1,
-    seed: int = 0,
+    seed: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Clips (or, with ``normalize``, rescales) the update to the norm of its own EMA.
 
@@ -455,7 +455,9 @@ def clip_norm_by_ema_in_basis(
       normalize: rescale every update to the EMA norm instead of only clipping.
       min_norm: floor :math:`n_{min}` of the norms.
       init: :math:`\iota`, first EMA as a fraction of the first update.
-      seed: seed of the key used to redraw a collapsed EMA.
+      seed: seed of the key used to redraw a collapsed EMA (an integer ``>= 0``;
+        ``None`` means 0, and keeps :func:`optax.inject_hyperparams` from
+        injecting it: list ``seed`` in ``static_args`` when you pass it).
 
     Returns:
       The corresponding :class:`optax.GradientTransformationExtraArgs`.
@@ -476,7 +478,7 @@ def clip_norm_by_ema_in_basis(
         v.check_positive("max_growth", max_growth)
     v.check_nonnegative("min_norm", min_norm)
     v.check_nonnegative("init", init)
-    seed = v.check_int("seed", seed, minimum=0)
+    seed = v.check_int("seed", 0 if seed is None else seed, minimum=0)
 
     def init_fn(params: optax.Params) -> ClipNormByEmaInBasisState:
         return ClipNormByEmaInBasisState(
