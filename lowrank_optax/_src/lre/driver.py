@@ -587,12 +587,12 @@ def eigenbasis_update(
 
     Non-finite gradients: a gradient with any NaN or infinite entry gives an
     all-NaN update (as :func:`optax.adam`), whatever the inner transformation
-    does with it (a cautious mask, for example, would turn it into a silent 0),
-    and the basis is kept. The inner state takes whatever the inner
-    transformation computes from the non-finite coordinates (Adam's moments
-    become NaN, as in :func:`optax.adam`). To skip such steps instead, wrap the
-    optimizer in :func:`optax.apply_if_finite`, which also keeps the previous
-    state.
+    does with it (a cautious mask, for example, would turn it into a silent 0);
+    a basis update fed that gradient fails and keeps the previous basis. The
+    inner state takes whatever the inner transformation computes from the
+    non-finite coordinates (Adam's moments become NaN, as in :func:`optax.adam`).
+    To skip such steps instead, wrap the optimizer in
+    :func:`optax.apply_if_finite`, which also keeps the previous state.
 
     ``symmetrize`` (for curvatures with a second factor :math:`Z`, i.e.
     :func:`lowrank.curvatures.full_hutchinson_hessian`): ``True`` passes the exact
