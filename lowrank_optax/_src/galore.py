@@ -11,7 +11,7 @@ import optax
 
 from lowrank_optax._src import validation as v
 from lowrank_optax._src.adam_in_basis import scale_by_adam_in_basis
-from lowrank_optax._src.keras_extras import clip_by_leaf_norm, param_ema
+from lowrank_optax._src.keras_extras import keras_preprocessing, keras_wrappers
 from lowrank_optax._src.project_lowrank import project_lowrank
 from lowrank_optax._src.projectors import ProjectorArg
 from lowrank_optax._src.subspace import DimsArg, MaskArg
@@ -171,35 +171,12 @@ def galore_adamw(
     """
     v.check_nonnegative("learning_rate", learning_rate)
     v.check_nonnegative("weight_decay", weight_decay)
-    clips = [c for c in (clipnorm, clipvalue, global_clipnorm) if c is not None]
-    if len(clips) > 1:
-        raise ValueError(
-            "Only one of `clipnorm`, `clipvalue` and `global_clipnorm` can be set. "
-            f"Received: clipnorm={clipnorm}, clipvalue={clipvalue}, "
-            f"global_clipnorm={global_clipnorm}"
-        )
-    if loss_scale_factor is not None:
-        v.check_positive("loss_scale_factor", loss_scale_factor)
-    if clipnorm is not None:
-        v.check_positive("clipnorm", clipnorm)
-    if clipvalue is not None:
-        v.check_positive("clipvalue", clipvalue)
-    if global_clipnorm is not None:
-        v.check_positive("global_clipnorm", global_clipnorm)
-    if gradient_accumulation_steps is not None:
-        v.check_int("gradient_accumulation_steps", gradient_accumulation_steps, minimum=2)
-    v.check_range("ema_momentum", ema_momentum, low=0.0, high=1.0)
-    v.check_optional_int("ema_overwrite_frequency", ema_overwrite_frequency)
-
-    pieces: list[optax.GradientTransformation] = []
-    if loss_scale_factor is not None:
-        pieces.append(optax.scale(1.0 / loss_scale_factor))
-    if clipnorm is not None:
-        pieces.append(clip_by_leaf_norm(clipnorm))
-    if clipvalue is not None:
-        pieces.append(optax.clip(clipvalue))
-    if global_clipnorm is not None:
-        pieces.append(optax.clip_by_global_norm(global_clipnorm))
+    pieces = keras_preprocessing(
+        loss_scale_factor=loss_scale_factor,
+        clipnorm=clipnorm,
+        clipvalue=clipvalue,
+        global_clipnorm=global_clipnorm,
+    )
     pieces.append(
         project_lowrank(
             scale_by_adam_in_basis(b1, b2, eps, eps_mode="galore"),
@@ -219,13 +196,10 @@ def galore_adamw(
     if not (isinstance(weight_decay, (int, float, np.number)) and weight_decay == 0):
         pieces.append(decay_weights_after_update(weight_decay, learning_rate, weight_decay_mask))
     pieces.append(optax.scale_by_learning_rate(learning_rate))
-    tx: optax.GradientTransformationExtraArgs = optax.chain(*pieces)
-    if use_ema:
-        tx = param_ema(tx, ema_momentum, ema_overwrite_frequency)
-    if gradient_accumulation_steps is not None:
-        tx = optax.with_extra_args_support(
-            optax.MultiSteps(
-                tx, every_k_schedule=gradient_accumulation_steps
-            ).gradient_transformation()
-        )
-    return tx
+    return keras_wrappers(
+        optax.chain(*pieces),
+        use_ema=use_ema,
+        ema_momentum=ema_momentum,
+        ema_overwrite_frequency=ema_overwrite_frequency,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+    )

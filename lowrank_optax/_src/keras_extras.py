@@ -1,4 +1,8 @@
-"""Pieces behind the Keras-style options of ``galore_adamw`` (clipnorm, EMA)."""
+"""Pieces behind the Keras-style options of ``galore_adamw`` (clipnorm, EMA).
+
+:func:`keras_preprocessing` and :func:`keras_wrappers` validate the options and
+build the pieces in Keras's order, so that any alias can offer them.
+"""
 
 from __future__ import annotations
 
@@ -166,3 +170,77 @@ def ema_params(state: optax.OptState) -> optax.Params:
     if not found:
         raise ValueError("`state` contains no ParamEmaState (was use_ema/param_ema used?).")
     return found[0].ema
+
+
+def keras_preprocessing(
+    *,
+    loss_scale_factor: jax.typing.ArrayLike | None = None,
+    clipnorm: jax.typing.ArrayLike | None = None,
+    clipvalue: jax.typing.ArrayLike | None = None,
+    global_clipnorm: jax.typing.ArrayLike | None = None,
+) -> list[optax.GradientTransformation]:
+    """Keras's gradient preprocessing as the first pieces of a chain (validated).
+
+    ``loss_scale_factor`` → ``optax.scale(1/loss_scale_factor)``, then at most one
+    of ``clipnorm`` → :func:`clip_by_leaf_norm`, ``clipvalue`` → :func:`optax.clip`,
+    ``global_clipnorm`` → :func:`optax.clip_by_global_norm`; ``None`` = off.
+
+    Raises:
+      ValueError: on a non-positive value or more than one clipping option.
+    """
+    clips = [c for c in (clipnorm, clipvalue, global_clipnorm) if c is not None]
+    if len(clips) > 1:
+        raise ValueError(
+            "Only one of `clipnorm`, `clipvalue` and `global_clipnorm` can be set. "
+            f"Received: clipnorm={clipnorm}, clipvalue={clipvalue}, "
+            f"global_clipnorm={global_clipnorm}"
+        )
+    named = {
+        "loss_scale_factor": loss_scale_factor,
+        "clipnorm": clipnorm,
+        "clipvalue": clipvalue,
+        "global_clipnorm": global_clipnorm,
+    }
+    for name, value in named.items():
+        if value is not None:
+            v.check_positive(name, value)
+    pieces: list[optax.GradientTransformation] = []
+    if loss_scale_factor is not None:
+        pieces.append(optax.scale(1.0 / loss_scale_factor))
+    if clipnorm is not None:
+        pieces.append(clip_by_leaf_norm(clipnorm))
+    if clipvalue is not None:
+        pieces.append(optax.clip(clipvalue))
+    if global_clipnorm is not None:
+        pieces.append(optax.clip_by_global_norm(global_clipnorm))
+    return pieces
+
+
+def keras_wrappers(
+    tx: optax.GradientTransformationExtraArgs,
+    *,
+    use_ema: bool = False,
+    ema_momentum: jax.typing.ArrayLike = 0.99,
+    ema_overwrite_frequency: int | None = None,
+    gradient_accumulation_steps: int | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    """Keras's EMA and gradient accumulation around ``tx`` (validated).
+
+    ``use_ema`` → :func:`param_ema` (inside), ``gradient_accumulation_steps`` →
+    :class:`optax.MultiSteps` (outermost, with extra-args support).
+
+    Raises:
+      ValueError: on ``ema_momentum`` outside ``[0, 1]``, a non-integer or
+        non-positive ``ema_overwrite_frequency``, or ``gradient_accumulation_steps``
+        that is not an integer ``>= 2``.
+    """
+    if gradient_accumulation_steps is not None:
+        v.check_int("gradient_accumulation_steps", gradient_accumulation_steps, minimum=2)
+    v.check_range("ema_momentum", ema_momentum, low=0.0, high=1.0)
+    v.check_optional_int("ema_overwrite_frequency", ema_overwrite_frequency)
+    if use_ema:
+        tx = param_ema(tx, ema_momentum, ema_overwrite_frequency)
+    if gradient_accumulation_steps is not None:
+        accumulate = optax.MultiSteps(tx, every_k_schedule=gradient_accumulation_steps)
+        tx = optax.with_extra_args_support(accumulate.gradient_transformation())
+    return tx

@@ -184,6 +184,40 @@ def estimate_ascent(
     return to_full(kinds, mean), c, finite
 
 
+def sam_point(
+    params: Any, g_hat: list[jax.Array | None], finite: jax.Array, rho: jax.typing.ArrayLike
+) -> Any:
+    r"""``W + ε`` with :math:`\epsilon = \rho\,\hat G / \max(\lVert\hat G\rVert, \mathrm{tiny})`.
+
+    The norm is global over the perturbed leaves (``None`` entries of ``g_hat``
+    are not perturbed). Where :math:`\hat G` is zero, non-finite, or ``finite``
+    is false, :math:`\epsilon = 0` (selected with ``where``); the point is
+    rounded to each parameter's dtype.
+    """
+    leaves, treedef = jax.tree.flatten(params)
+    norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in g_hat if g is not None))
+    ok = finite & jnp.isfinite(norm) & (norm > 0)
+    tiny = jnp.finfo(norm.dtype).tiny
+    factor = jnp.where(ok, rho / jnp.maximum(norm, tiny), 0.0).astype(norm.dtype)
+    eps = [None if g is None else factor * jnp.where(ok, g, 0.0) for g in g_hat]
+    return jax.tree.unflatten(treedef, _shifted(leaves, eps, 1))
+
+
+def _check_loss_fns(value_fn: Any, grad_fn: Any) -> None:
+    if value_fn is None:
+        raise ValueError(
+            "lowrank.zo_sam_perturb / lowrank.lorenza needs the loss as the extra "
+            "argument `value_fn` (and optionally `grad_fn`): call "
+            "tx.update(grads, state, params, value_fn=f, grad_fn=g) with f(params) -> "
+            "scalar loss and g(params) -> gradients on the current minibatch "
+            "(see lowrank.make_value_and_grad_fns)."
+        )
+    if not callable(value_fn):
+        raise TypeError(f"`value_fn` must be callable (params -> loss), got {value_fn!r}.")
+    if grad_fn is not None and not callable(grad_fn):
+        raise TypeError(f"`grad_fn` must be callable (params -> grads), got {grad_fn!r}.")
+
+
 def zo_sam_perturb(
     rho: jax.typing.ArrayLike = 0.05,
     mu: jax.typing.ArrayLike = 1e-3,
@@ -351,40 +385,17 @@ def zo_sam_perturb(
         **extra_args: Any,
     ) -> tuple[optax.Updates, ZoSamPerturbState]:
         del extra_args
-        if value_fn is None:
-            raise ValueError(
-                "lowrank.zo_sam_perturb / lowrank.lorenza needs the loss as the extra "
-                "argument `value_fn` (and optionally `grad_fn`): call "
-                "tx.update(grads, state, params, value_fn=f, grad_fn=g) with f(params) -> "
-                "scalar loss and g(params) -> gradients on the current minibatch "
-                "(see lowrank.make_value_and_grad_fns)."
-            )
-        if not callable(value_fn):
-            raise TypeError(f"`value_fn` must be callable (params -> loss), got {value_fn!r}.")
-        if grad_fn is not None and not callable(grad_fn):
-            raise TypeError(f"`grad_fn` must be callable (params -> grads), got {grad_fn!r}.")
+        _check_loss_fns(value_fn, grad_fn)
         v.require_params(params)
-        gradient = jax.grad(value_fn) if grad_fn is None else grad_fn
-
         key, step_key = jax.random.split(state.key)
-        leaves, treedef = jax.tree.flatten(params)
         kinds = leaf_kinds(params, subspace, perturb_unprojected=perturb_unprojected)
-
-        if skip_probes or all(k is None for k in kinds):
-            point = params
-        else:
+        point = params
+        if not (skip_probes or all(k is None for k in kinds)):
             g_hat, _, finite = estimate_ascent(
                 value_fn, params, kinds, step_key, mu=mu, num_probes=num_probes
             )
-            present = [g for g in g_hat if g is not None]
-            norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in present))
-            ok = finite & jnp.isfinite(norm) & (norm > 0)
-            tiny = jnp.finfo(norm.dtype).tiny
-            factor = jnp.where(ok, rho / jnp.maximum(norm, tiny), 0.0).astype(norm.dtype)
-            eps = [None if g is None else factor * jnp.where(ok, g, 0.0) for g in g_hat]
-            point = jax.tree.unflatten(treedef, _shifted(leaves, eps, 1))
-
-        g_sam = gradient(point)
+            point = sam_point(params, g_hat, finite, rho)
+        g_sam = (jax.grad(value_fn) if grad_fn is None else grad_fn)(point)
         if jax.tree.structure(g_sam) != jax.tree.structure(updates):
             raise ValueError(
                 "`grad_fn` must return a tree with the structure of the updates "

@@ -412,11 +412,10 @@ def project_lowrank(
                 None if p is None else Subspace(p, b)
                 for p, b in zip(plans, leaf_bases, strict=True)
             ]
-            raw_params = None if params is None else unbox(params)
             raw, pre_state = pre.update(
                 raw,
                 pre_state,
-                raw_params,
+                None if params is None else unbox(params),
                 subspace=jax.tree.unflatten(treedef, subspace),
                 **extra_args,
             )
