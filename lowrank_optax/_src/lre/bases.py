@@ -40,7 +40,6 @@ from lowrank_optax._src.lre.linalg import (
     orthogonality_error,
     orthonormalize,
     regularize,
-    replicated,
     select_columns,
     sym,
     tiny,
@@ -1274,14 +1273,14 @@ def full_matrix(
         dt = spec.dtype
         # On an Explicit mesh the (tiny-problem) dense matrix is handled replicated
         # and stored back along its rows.
-        y = replicated(jnp.where(corr.valid[None, :], corr.y, 0).astype(dt))
-        z = y if corr.z is None else replicated(jnp.where(corr.valid[None, :], corr.z, 0))
+        y = sharding.replicated(jnp.where(corr.valid[None, :], corr.y, 0).astype(dt))
+        z = y if corr.z is None else sharding.replicated(jnp.where(corr.valid[None, :], corr.z, 0))
         a = jnp.where(corr.valid, corr.alpha, 0).astype(dt)
         corr_m = (y * a[None, :]) @ z.astype(dt).T
         if beta is None:
-            m = replicated(state.matrix) + corr_m
+            m = sharding.replicated(state.matrix) + corr_m
         else:
-            m = beta * replicated(state.matrix) + (1 - beta) * corr_m
+            m = beta * sharding.replicated(state.matrix) + (1 - beta) * corr_m
         m = sym(m)
         lam, vecs = jnp.linalg.eigh(m)
         if abs:

@@ -22,7 +22,6 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from lowrank_optax._src import sharding
-from lowrank_optax._src.lre.linalg import replicated
 
 
 def rows_sharding(leaves: list[Any]) -> NamedSharding | None:
@@ -93,13 +92,6 @@ def zeros_rows(shape: tuple[int, ...], dtype: Any, rows: NamedSharding | None) -
     return jnp.zeros(shape, dtype, out_sharding=NamedSharding(rows.mesh, P(*spec)))
 
 
-def _leaf_sharding(x: Any) -> NamedSharding | None:
-    spec = sharding.explicit_spec(x)
-    if spec is None:
-        return None
-    return NamedSharding(jax.typeof(x).sharding.mesh, P(*spec))
-
-
 def ravel(tree: Any, rows: NamedSharding | None) -> tuple[jax.Array, Callable[[jax.Array], Any]]:
     """``jax.flatten_util.ravel_pytree`` with the flat vector laid out by ``rows``.
 
@@ -112,19 +104,17 @@ def ravel(tree: Any, rows: NamedSharding | None) -> tuple[jax.Array, Callable[[j
         return ravel_pytree(tree)
     leaves, treedef = jax.tree.flatten(tree)
     dtype = jnp.result_type(*leaves)
-    flat = jnp.concatenate([jnp.ravel(replicated(x)).astype(dtype) for x in leaves])
+    flat = jnp.concatenate([jnp.ravel(sharding.replicated(x)).astype(dtype) for x in leaves])
     flat = put_rows(flat, rows)
-    meta = [(jnp.shape(x), jnp.result_type(x), _leaf_sharding(x)) for x in leaves]
+    meta = [(jnp.shape(x), jnp.result_type(x), sharding.explicit_spec(x)) for x in leaves]
 
     def unravel(vec: jax.Array) -> Any:
-        full = replicated(vec)
+        full = sharding.replicated(vec)
         out, start = [], 0
-        for shape, dt, leaf_sharding in meta:
+        for shape, dt, spec in meta:
             size = int(np.prod(shape))
             piece = full[start : start + size].reshape(shape).astype(dt)
-            if leaf_sharding is not None:
-                piece = jax.sharding.reshard(piece, leaf_sharding)
-            out.append(piece)
+            out.append(sharding.reshard(piece, spec, piece))  # no-op when spec is None
             start += size
         return jax.tree.unflatten(treedef, out)
 
@@ -137,7 +127,7 @@ def ravel_batched(tree: Any, rows: NamedSharding | None) -> jax.Array:
         return jax.vmap(lambda t: ravel_pytree(t)[0])(tree).T
     leaves = jax.tree.leaves(tree)
     dtype = jnp.result_type(*leaves)
-    parts = [replicated(x).reshape(jnp.shape(x)[0], -1).astype(dtype) for x in leaves]
+    parts = [sharding.replicated(x).reshape(jnp.shape(x)[0], -1).astype(dtype) for x in leaves]
     return put_rows(jnp.concatenate(parts, axis=1).T, rows)
 
 
@@ -147,7 +137,7 @@ def block(a: jax.Array, start: int, size: int, rows: NamedSharding | None) -> ja
         return a
     if rows is None:
         return a[start : start + size]
-    return put_rows(replicated(a)[start : start + size], rows)
+    return put_rows(sharding.replicated(a)[start : start + size], rows)
 
 
 def join(parts: list[jax.Array], rows: NamedSharding | None) -> jax.Array:
@@ -156,4 +146,4 @@ def join(parts: list[jax.Array], rows: NamedSharding | None) -> jax.Array:
         return parts[0]
     if rows is None:
         return jnp.concatenate(parts)
-    return put_rows(jnp.concatenate([replicated(p) for p in parts]), rows)
+    return put_rows(jnp.concatenate([sharding.replicated(p) for p in parts]), rows)

@@ -67,14 +67,6 @@ def match(x: jax.Array, ref: jax.Array) -> jax.Array:
     return sharding.reshard(x, spec, ref)
 
 
-def replicated(x: jax.Array) -> jax.Array:
-    """``x`` replicated when it carries an Explicit sharding type (else ``x``)."""
-    spec = sharding.explicit_spec(x)
-    if spec is None or all(s is None for s in spec):
-        return x
-    return sharding.reshard(x, (None,) * len(spec), x)
-
-
 def keep_if(ok: jax.Array, new: Any, old: Any) -> Any:
     """``new`` where ``ok`` else ``old``, leaf by leaf (trees of the same structure)."""
     return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
@@ -174,7 +166,7 @@ def orthonormal_completion(
         v = jnp.where(ok, resid / jnp.where(ok, beta, 1), 0)
         coef = jnp.where(ok, beta, 0).reshape(1, 1)
         return v, ok.reshape(1), jnp.concatenate([p, coef], axis=0)
-    v, rr = jnp.linalg.qr(replicated(resid))
+    v, rr = jnp.linalg.qr(sharding.replicated(resid))
     v = match(v, resid)
     if v.shape[1] < m:  # m > n: pad to m columns
         v = jnp.pad(v, ((0, 0), (0, m - v.shape[1])))
@@ -294,7 +286,7 @@ def orthonormalize(a: jax.Array) -> jax.Array:
     all-gather of ``n × m``) and the result is laid out as ``a``.
     """
     n, m = a.shape
-    q = positive_qr(replicated(a))
+    q = positive_qr(sharding.replicated(a))
     if q.shape[1] < m:
         q = jnp.pad(q, ((0, 0), (0, m - q.shape[1])))
     return match(q, a)
