@@ -154,6 +154,12 @@ from lowrank_optax._src.fused import check_leafwise as check_leafwise
 from lowrank_optax._src.fused import fused_layers as fused_layers
 from lowrank_optax._src.fused import fused_train_step as fused_train_step
 from lowrank_optax._src.fused import fused_value_and_grad as fused_value_and_grad
+from lowrank_optax._src.subspace_accumulation import (
+    SubspaceAccumulationState as SubspaceAccumulationState,
+)
+from lowrank_optax._src.subspace_accumulation import (
+    subspace_accumulation as subspace_accumulation,
+)
 
 # --- quantized state ----------------------------------------------------------
 from lowrank_optax._src.blockwise import BlockLayout as BlockLayout

@@ -25,9 +25,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.custom_derivatives import SymbolicZero
 from jax.extend.core import Literal
 
 from lowrank_optax._src import validation as v
+from lowrank_optax._src.subspace_accumulation import _accumulating_projections, _is_projection
 
 LayerFn = Callable[..., Any]
 
@@ -404,6 +406,46 @@ def check_leafwise(tx: optax.GradientTransformation, params: optax.Params) -> No
             )
 
 
+def _check_subspace_accumulation(tx: optax.GradientTransformation, params: Any, k: int) -> None:
+    """Checks that ``tx`` changes nothing but its projections for ``k - 1`` calls, then emits."""
+    probe = _probe_params(params, seed=2)
+    state = tx.init(probe)
+    step = jax.jit(tx.update)
+    keys = jax.random.split(jax.random.PRNGKey(3), k)
+    for i in range(k):
+        grads = jax.tree.map(
+            lambda x, key=keys[i]: jax.random.normal(key, x.shape, jnp.float32).astype(x.dtype),
+            probe,
+        )
+        updates, new_state = step(grads, state, probe)
+        moved = any(bool(jnp.any(u != 0)) for u in jax.tree.leaves(updates))
+        outside = jax.tree.leaves(
+            jax.tree.map(
+                lambda o, n: None if _is_projection(n) else bool(jnp.any(o != n)),
+                state,
+                new_state,
+                is_leaf=_is_projection,
+            )
+        )
+        if i < k - 1 and (moved or any(outside)):
+            raise ValueError(
+                "The per-layer transformation accumulates in the subspace "
+                "(project_lowrank/galore with accumulation_steps > 1), but with "
+                f"fused_layers(..., accumulation_steps={k}) it "
+                + ("emitted an update" if moved else "advanced state outside the projection")
+                + f" at micro-batch {i + 1}. Give fused_layers the same accumulation_steps as "
+                "the projection, and wrap chains around it in lowrank.subspace_accumulation "
+                "so that weight decay and schedules run once per update."
+            )
+        if i == k - 1 and not moved:
+            raise ValueError(
+                f"With fused_layers(..., accumulation_steps={k}) the per-layer transformation "
+                f"emitted no update at micro-batch {k}: give fused_layers the same "
+                "accumulation_steps as its project_lowrank/galore."
+            )
+        state = new_state
+
+
 # -- the fused block -------------------------------------------------------------
 
 
@@ -429,18 +471,22 @@ class FusedLayers:
         leaf-wise (:func:`check_leafwise`) unless ``check=False``.
         """
         _num_layers(stacked_params)
+        layer_state = jax.vmap(self.tx.init)(stacked_params)
+        in_subspace = bool(_accumulating_projections(layer_state))
         one = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), stacked_params)
         signature = (jax.tree.structure(one), tuple(jax.tree.leaves(one)))
-        if self.check and signature not in self._checked:
-            # The probe depends on shapes only: run it eagerly even under a trace.
+        if signature not in self._checked:
+            # The probes depend on shapes only: run them eagerly even under a trace.
             with jax.ensure_compile_time_eval():
-                check_leafwise(self.tx, one)
+                if self.check:
+                    check_leafwise(self.tx, one)
+                if in_subspace:
+                    _check_subspace_accumulation(self.tx, one, self.accumulation_steps)
             self._checked.add(signature)
-        layer_state = jax.vmap(self.tx.init)(stacked_params)
-        if self.accumulation_steps > 1:
+        if self.accumulation_steps > 1 and not in_subspace:
             acc = optax.tree.zeros_like(stacked_params, dtype=self.accumulator_dtype)
         else:
-            acc = ()
+            acc = ()  # k = 1, or tx accumulates (rank-sized) in the subspace itself
         return FusedLayersState(layer_state, acc, jnp.zeros([], jnp.int32))
 
     def forward(self, stacked_params: optax.Params, x: Any, *args: Any) -> Any:
@@ -465,7 +511,9 @@ class FusedLayers:
     ) -> Any:
         layer_fn, tx, k = self.layer_fn, self.tx, self.accumulation_steps
         num_layers = _num_layers(stacked)
-        diff_args = tuple(_is_float(a) for a in jax.tree.leaves(args))
+        # Which argument leaves need a cotangent: floating ones the caller
+        # differentiates (set by ``fwd`` from JAX's ``perturbed`` flags).
+        diff_args: list[bool] = [_is_float(a) for a in jax.tree.leaves(args)]
 
         def scan_forward(stacked: Any, x: Any, args: tuple[Any, ...], keep: bool) -> Any:
             def body(h: Any, p: Any) -> tuple[Any, Any]:
@@ -478,14 +526,31 @@ class FusedLayers:
             return scan_forward(stacked, x, args, keep=False)[0]
 
         def fwd(stacked: Any, floats: Any, codes: Any, x: Any, args: Any) -> tuple[Any, Any]:
+            primal = lambda t: jax.tree.map(  # noqa: E731
+                lambda a: a.value, t, is_leaf=lambda a: hasattr(a, "perturbed")
+            )
+            flags = [
+                a.perturbed
+                for a in jax.tree.leaves(args, is_leaf=lambda a: hasattr(a, "perturbed"))
+            ]
+            diff_args[:] = [d and f for d, f in zip(diff_args, flags, strict=True)]
+            stacked, floats, codes, x, args = map(primal, (stacked, floats, codes, x, args))
             y, inputs = scan_forward(stacked, x, args, keep=True)
             return y, (stacked, floats, codes, inputs, args)
 
         def bwd(res: Any, dy: Any) -> tuple[Any, ...]:
             stacked, floats, codes, inputs, args = res
+            dy = jax.tree.map(
+                lambda t: (
+                    jnp.zeros(t.aval.shape, t.aval.dtype) if isinstance(t, SymbolicZero) else t
+                ),
+                dy,
+                is_leaf=lambda t: isinstance(t, SymbolicZero),
+            )
             ints = [_decode_int(c, like) for c, like in zip(codes, split.int_likes, strict=True)]
             state: FusedLayersState = split.join(floats, ints)
             mini_step = state.mini_step
+            own_acc = bool(jax.tree.leaves(state.acc_grads))
             arg_leaves, arg_def = jax.tree.flatten(args)
 
             def layer_step(
@@ -503,7 +568,7 @@ class FusedLayers:
 
                 _, vjp = jax.vjp(run, p, h, float_args)
                 g, dx, d_args = vjp(dx)
-                if k == 1:
+                if not own_acc:  # k = 1, or tx accumulates in the subspace itself
                     u, s = tx.update(g, s, p)
                     return optax.apply_updates(p, u), s, (), dx, d_args
                 a = _take(acc, i)
@@ -520,7 +585,7 @@ class FusedLayers:
 
             def skip(i: jax.Array, stacked: Any, layer_state: Any, acc: Any, dx: Any) -> Any:
                 zeros = [jnp.zeros_like(a) for a, d in zip(arg_leaves, diff_args, strict=True) if d]
-                a = _take(acc, i) if k > 1 else ()
+                a = _take(acc, i) if own_acc else ()
                 return _take(stacked, i), _take(layer_state, i), a, dx, zeros
 
             def body(carry: Any, i: jax.Array) -> tuple[Any, None]:
@@ -534,7 +599,7 @@ class FusedLayers:
                 )
                 stacked = _put(stacked, p2, i)
                 layer_state = _put(layer_state, s2, i)
-                acc = _put(acc, a2, i) if k > 1 else acc
+                acc = _put(acc, a2, i) if own_acc else acc
                 d_args = [t + u for t, u in zip(d_args, da, strict=True)]
                 return (dx, stacked, layer_state, acc, d_args), None
 
@@ -547,13 +612,10 @@ class FusedLayers:
             _, new_floats, new_ints = _Split.of(new_state)
             new_codes = [_encode_int(x) for x in new_ints]
             it = iter(d_args)
-            arg_cts = [
-                next(it) if d else np.zeros(jnp.shape(a), jax.dtypes.float0)
-                for a, d in zip(arg_leaves, diff_args, strict=True)
-            ]
+            arg_cts = [next(it) if d else None for d in diff_args]
             return stacked, new_floats, new_codes, dx, jax.tree.unflatten(arg_def, arg_cts)
 
-        block.defvjp(fwd, bwd)
+        block.defvjp(fwd, bwd, symbolic_zeros=True)
         return block(stacked, floats, codes, x, args)
 
 

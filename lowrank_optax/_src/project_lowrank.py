@@ -221,6 +221,7 @@ def project_lowrank(
     dimension_numbers: DimsArg = None,
     mask: MaskArg = None,
     pre_projection: optax.GradientTransformation | None = None,
+    accumulation_steps: int = 1,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Runs ``inner`` on low-rank projections of the gradients (GaLore's wrapper).
 
@@ -308,6 +309,17 @@ def project_lowrank(
         refresh and before projection (e.g. :func:`zo_sam_perturb`); it receives
         ``params``, ``subspace=`` (tree of :class:`Subspace` or ``None``) and the
         extra arguments.
+      accumulation_steps: micro-batches per update, :math:`k \geq 1`. With
+        :math:`k > 1` each call is one micro-batch: its gradient is projected on
+        the current basis and the coordinates (rank-sized) are averaged over
+        :math:`k` calls by :class:`optax.MultiSteps` around ``inner``, which runs
+        once per :math:`k` calls; the other calls emit zeros. The refresh clock
+        counts updates: a new basis comes from the **first** micro-batch of an
+        update whose index is a multiple of :math:`T`, and every micro-batch of
+        that update is projected on it. ``count`` counts calls. Transformations
+        chained around the wrapper still see every call: wrap the chain in
+        :func:`subspace_accumulation` (once per update), or keep everything
+        inside ``inner``. ``on_refresh='reproject'`` needs :math:`k = 1`.
 
     Returns:
       The corresponding :class:`optax.GradientTransformationExtraArgs`.
@@ -346,7 +358,12 @@ def project_lowrank(
     proj_type = canonical_proj_type(proj_type)
     projector = as_projector(projector)
     v.check_choice("on_refresh", on_refresh, ON_REFRESH)
+    k = v.check_int("accumulation_steps", accumulation_steps, minimum=1)
+    if k > 1 and on_refresh == "reproject":
+        raise ValueError("`on_refresh='reproject'` needs `accumulation_steps=1`.")
     inner = optax.with_extra_args_support(optax.identity() if inner is None else inner)
+    if k > 1:  # coordinates accumulate in the subspace (rank-sized accumulator)
+        inner = optax.with_extra_args_support(optax.MultiSteps(inner, k).gradient_transformation())
     pre = None if pre_projection is None else optax.with_extra_args_support(pre_projection)
 
     def plans_of(tree: Any) -> list[LeafPlan | None]:
@@ -402,7 +419,7 @@ def project_lowrank(
         treedef = jax.tree.structure(raw)
         plans = plans_of(raw)
         keys, leaves = _keyed_leaves(raw)
-        refresh = state.count % gap == 0
+        refresh = state.count % (gap * k) == 0  # first micro-batch of every T-th update
         bases, key = _refresh_bases(projector, refresh, leaves, plans, keys, state)
         leaf_bases = [None if p is None else bases[k] for k, p in zip(keys, plans, strict=True)]
 
