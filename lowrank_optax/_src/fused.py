@@ -340,10 +340,11 @@ def check_leafwise(tx: optax.GradientTransformation, params: optax.Params) -> No
     if mixed:
         raise ValueError(
             "lowrank.fused_layers needs a leaf-wise transformation, but this one takes a "
-            f"discrete decision from several leaves at once ({mixed[0]}; e.g. "
-            "optax.apply_if_finite or a skip test over the whole tree). Inside the backward "
-            "pass each layer is updated before the next layer's gradient exists. Apply such "
-            "tests per leaf, or use the unfused path."
+            f"discrete decision from several leaves at once ({mixed[0]}): e.g. "
+            "optax.clip_by_global_norm comparing the global norm with its threshold, or "
+            "optax.apply_if_finite testing the whole tree. Inside the backward pass each "
+            "layer is updated before the next layer's gradient exists. Use a per-leaf "
+            "version (lowrank.clip_by_leaf_norm, optax.clip) or the unfused path."
         )
 
     out_struct = jax.eval_shape(update, grads, leaves)
@@ -674,13 +675,24 @@ def fused_layers(
     ``galore_adamw(..., projector='randomized')`` qualifies) or LRE with blocks
     spanning several leaves: :meth:`FusedLayers.init` raises ``ValueError``.
 
-    **Gradient accumulation** (``accumulation_steps = k > 1``): each call of
-    the block's backward adds the layer's gradient to a running mean kept in
-    the state (as :class:`optax.MultiSteps` does, in ``accumulator_dtype``);
-    on every k-th micro-batch ``tx.update`` runs once on the mean, so step
-    counters, schedules and refresh clocks advance once per update; the other
-    micro-batches leave the parameters and ``tx``'s state untouched. The
-    result equals ``optax.MultiSteps(tx, k)`` on the unfused path.
+    **Gradient accumulation** (``accumulation_steps = k > 1``), two ways; in
+    both, step counters, schedules and refresh clocks advance once per update
+    (every k-th micro-batch), and the other micro-batches leave the parameters
+    and everything but the accumulators untouched:
+
+    * any ``tx``: each call of the block's backward adds the layer's gradient
+      to a running mean kept in the state (full size, as
+      :class:`optax.MultiSteps` does, in ``accumulator_dtype``) and
+      ``tx.update`` runs once on the mean. The result equals
+      ``optax.MultiSteps(tx, k)`` on the unfused path.
+    * **in the subspace**: when ``tx`` contains
+      ``project_lowrank(..., accumulation_steps=k)`` / ``galore(...,
+      accumulation_steps=k)`` (chains around it wrapped in
+      :func:`subspace_accumulation`), the block keeps no accumulator of its
+      own: ``tx`` runs on every micro-batch and averages the rank-sized
+      coordinates :math:`P^\top G_l` itself. At a refresh update the basis comes
+      from the first micro-batch. :meth:`FusedLayers.init` checks that ``tx``
+      emits exactly every k-th call.
 
     Use :func:`fused_value_and_grad` or :func:`fused_train_step` to train;
     :meth:`FusedLayers.forward` evaluates the block without an optimizer.
