@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import doctest
 import json
 from typing import Any, NamedTuple
 
@@ -220,3 +221,10 @@ def test_rejects_bad_arguments() -> None:
         lowrank.memory_report(
             optax.adam(1e-3), PARAMS, param_specs=jax.tree.map(lambda _: None, PARAMS)
         )
+
+
+def test_docstring_example() -> None:
+    from lowrank_optax._src import memory
+
+    result = doctest.testmod(memory, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0

@@ -35,11 +35,16 @@ CONFIG = lm.CONFIGS["tiny"]
 def test_scan_equals_layer_by_layer_and_nnx() -> None:
     params = lm.init_params(CONFIG, jax.random.key(0))
     tokens = jax.random.randint(jax.random.key(1), (2, 9), 0, CONFIG.vocab_size)
-    x = jnp.take(params["embed"], tokens, axis=0)
-    for i in range(CONFIG.n_layers):
-        x = lm.layer_apply(jax.tree.map(lambda a, i=i: a[i], params["blocks"]), x)
-    expected = lm.rms_norm(x, params["final_norm"]) @ params["head"]
-    np.testing.assert_allclose(lm.apply(params, tokens), expected, rtol=1e-5, atol=1e-5)
+
+    @jax.jit
+    def layer_by_layer(params, tokens):
+        x = jnp.take(params["embed"], tokens, axis=0)
+        for i in range(CONFIG.n_layers):
+            x = lm.layer_apply(jax.tree.map(lambda a, i=i: a[i], params["blocks"]), x)
+        return lm.rms_norm(x, params["final_norm"]) @ params["head"]
+
+    expected = layer_by_layer(params, tokens)
+    np.testing.assert_allclose(jax.jit(lm.apply)(params, tokens), expected, rtol=1e-5, atol=1e-5)
 
     # A replacement block function (here a Python loop) plugs into loss_fn.
     def loop(blocks, h, *, rope):
@@ -48,9 +53,8 @@ def test_scan_equals_layer_by_layer_and_nnx() -> None:
         return h
 
     batch = jnp.concatenate([tokens, tokens[:, :1]], axis=1)
-    np.testing.assert_allclose(
-        lm.loss_fn(params, batch, blocks_fn=loop), lm.loss_fn(params, batch), rtol=1e-5
-    )
+    looped = jax.jit(lambda p, b: lm.loss_fn(p, b, blocks_fn=loop))(params, batch)
+    np.testing.assert_allclose(looped, jax.jit(lm.loss_fn)(params, batch), rtol=1e-5)
     model = lm.LlamaLM(CONFIG, rngs=nnx.Rngs(0))
     plain = lm.params_of(model)
     assert jax.tree.structure(plain) == jax.tree.structure(params)
