@@ -112,6 +112,7 @@ def param_ema(
       Chollet et al, `Keras 3 optimizers (use_ema)
       <https://keras.io/api/optimizers/>`_, 2023
     """
+    v.check_transformation("inner", inner)
     v.check_range("momentum", momentum, low=0.0, high=1.0)
     overwrite_frequency = v.check_optional_int("overwrite_frequency", overwrite_frequency)
     inner = optax.with_extra_args_support(inner)

@@ -33,6 +33,14 @@ from lowrank_optax._src.subspace import (
 )
 
 ON_REFRESH = ("keep", "reset", "reproject")
+DEFAULT_UPDATE_PROJ_GAP = 200  # galore-torch's default refresh period
+NO_PARAMS_FIX = (
+    "For AdamW use lowrank.galore_adamw(learning_rate, weight_decay=wd, rank=r); otherwise "
+    "keep the param-dependent piece outside the wrapper, e.g. "
+    "optax.chain(lowrank.galore(optax.scale_by_adam(), rank=r), "
+    "lowrank.decay_weights_after_update(wd, learning_rate), "
+    "optax.scale_by_learning_rate(learning_rate))."
+)
 RESERVED_EXTRA_ARGS = ("basis_rotation", "subspace")
 
 
@@ -213,7 +221,7 @@ def project_lowrank(
     inner: optax.GradientTransformation | None = None,
     *,
     rank: int,
-    update_proj_gap: int = 200,
+    update_proj_gap: int | None = None,
     scale: jax.typing.ArrayLike = 1.0,
     proj_type: str = "std",
     projector: ProjectorArg = "svd",
@@ -221,7 +229,7 @@ def project_lowrank(
     dimension_numbers: DimsArg = None,
     mask: MaskArg = None,
     pre_projection: optax.GradientTransformation | None = None,
-    accumulation_steps: int = 1,
+    accumulation_steps: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Runs ``inner`` on low-rank projections of the gradients (GaLore's wrapper).
 
@@ -277,7 +285,18 @@ def project_lowrank(
     :func:`optax.apply_if_finite` to skip such steps). ``rank`` larger than
     ``min(m, n)`` is clipped to ``min(m, n)`` (the projection is then lossless but
     still applied). bf16/f16 gradients are decomposed in float32; bases are stored
-    in the gradient's dtype.
+    in the gradient's dtype, and ``inner`` sees coordinates in that dtype (with
+    float16, Adam's second moment underflows: use :func:`galore_adamw`, which
+    computes float16 leaves in float32). Integer parameters raise. A huge finite
+    gradient (e.g. ``1e30``) makes an Adam-type inner's second moment ``inf``,
+    after which every update is exactly 0; clip first, e.g.
+    ``optax.chain(optax.clip_by_global_norm(1.0), lowrank.galore(...))``.
+
+    Static arguments for :func:`optax.inject_hyperparams`: ``rank`` and, when
+    passed, ``update_proj_gap``, ``accumulation_steps`` (integers; their ``None``
+    defaults need no listing), and ``dimension_numbers`` / ``mask`` when they are
+    callables. ``inner``, ``pre_projection``, projectors, strings and booleans
+    pass through as static values; ``scale`` is injectable.
 
     Args:
       inner: transformation run on the projected coordinates. It receives
@@ -286,7 +305,7 @@ def project_lowrank(
         wrapper is then a chainable projection filter emitting
         :math:`\alpha P P^\top G` at full shape.
       rank: target rank :math:`r \geq 1` (clipped per leaf to ``min(m, n)``).
-      update_proj_gap: refresh period :math:`T \geq 1` in steps.
+      update_proj_gap: refresh period :math:`T \geq 1` in steps (``None``: 200).
       scale: factor :math:`\alpha` applied to back-projected updates.
       proj_type: ``'std'``, ``'reverse_std'``, ``'right'``, ``'left'``, ``'full'``
         or the aliases ``'symmetric'``/``'asymmetric'``.
@@ -309,7 +328,8 @@ def project_lowrank(
         refresh and before projection (e.g. :func:`zo_sam_perturb`); it receives
         ``params``, ``subspace=`` (tree of :class:`Subspace` or ``None``) and the
         extra arguments.
-      accumulation_steps: micro-batches per update, :math:`k \geq 1`. With
+      accumulation_steps: micro-batches per update, :math:`k \geq 1` (``None``:
+        1). With
         :math:`k > 1` each call is one micro-batch: its gradient is projected on
         the current basis and the coordinates (rank-sized) are averaged over
         :math:`k` calls by :class:`optax.MultiSteps` around ``inner``, which runs
@@ -326,8 +346,11 @@ def project_lowrank(
 
     Raises:
       ValueError: on invalid arguments (at construction) or invalid
-        ``dimension_numbers``/``mask`` (at ``init``), or ``on_refresh='reproject'``
-        with an inner transformation that has no basis-aware state.
+        ``dimension_numbers``/``mask`` or non-floating parameters (at ``init``),
+        ``on_refresh='reproject'`` with an inner transformation that has no
+        basis-aware state, or (at the first ``update``) an inner transformation
+        that needs ``params`` (e.g. ``optax.adamw``; the message names the fix).
+      TypeError: if ``inner`` or ``pre_projection`` is not a transformation.
 
     Examples:
       >>> import jax, jax.numpy as jnp, optax
@@ -352,13 +375,19 @@ def project_lowrank(
       Halko et al, `Finding structure with randomness
       <https://arxiv.org/abs/0909.4061>`_, 2009
     """
+    if inner is not None:
+        v.check_transformation("inner", inner, example="optax.adam(1e-3) or None")
+    if pre_projection is not None:
+        v.check_transformation(
+            "pre_projection", pre_projection, example="lowrank.zo_sam_perturb() or None"
+        )
     rank = v.check_int("rank", rank, minimum=1)
-    gap = v.check_int("update_proj_gap", update_proj_gap, minimum=1)
+    gap = v.check_optional_int("update_proj_gap", update_proj_gap, default=DEFAULT_UPDATE_PROJ_GAP)
     v.check_positive("scale", scale)
     proj_type = canonical_proj_type(proj_type)
     projector = as_projector(projector)
     v.check_choice("on_refresh", on_refresh, ON_REFRESH)
-    k = v.check_int("accumulation_steps", accumulation_steps, minimum=1)
+    k = v.check_optional_int("accumulation_steps", accumulation_steps, default=1)
     if k > 1 and on_refresh == "reproject":
         raise ValueError("`on_refresh='reproject'` needs `accumulation_steps=1`.")
     inner = optax.with_extra_args_support(optax.identity() if inner is None else inner)
@@ -386,6 +415,7 @@ def project_lowrank(
             # nothing here may receive a parameter's partition spec.
             return ProjectLowrankState(0, 0, 0, 0, 0)  # type: ignore[arg-type]
         raw = unbox(params)
+        v.check_floating(raw, "parameters", "lowrank.project_lowrank")
         plans = plans_of(raw)
         keys, leaves = _keyed_leaves(raw)
         bases = {
@@ -458,9 +488,10 @@ def project_lowrank(
                 for k, p in zip(keys, plans, strict=True)
             ]
             inner_kwargs["basis_rotation"] = jax.tree.unflatten(treedef, rotations)
-        new_coords, inner_state = inner.update(
-            jax.tree.unflatten(treedef, coords), inner_state, None, **inner_kwargs
-        )
+        with v.params_withheld("lowrank.project_lowrank / lowrank.galore", NO_PARAMS_FIX):
+            new_coords, inner_state = inner.update(
+                jax.tree.unflatten(treedef, coords), inner_state, None, **inner_kwargs
+            )
 
         out = _back_project(
             jax.tree.leaves(new_coords), leaves, plans, leaf_bases, scale, state.count

@@ -9,11 +9,13 @@ schedules (callables) and traced values (for example under
 
 from __future__ import annotations
 
+import contextlib
 import numbers
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from optax._src import base as optax_base  # NO_PARAMS_MSG: no public equivalent
 
@@ -46,10 +48,17 @@ def check_int(name: str, value: Any, *, minimum: int = 1) -> int:
     return int(value)
 
 
-def check_optional_int(name: str, value: Any, *, minimum: int = 1) -> int | None:
-    """Like :func:`check_int` but ``None`` is allowed."""
+def check_optional_int(
+    name: str, value: Any, *, minimum: int = 1, default: int | None = None
+) -> int | None:
+    """Like :func:`check_int` but ``None`` is allowed and returns ``default``.
+
+    Structural integers default to ``None`` in constructors (meaning
+    ``default``) because :func:`optax.inject_hyperparams` turns every numeric
+    argument it is not told is static, defaults included, into an array.
+    """
     if value is None:
-        return None
+        return default
     return check_int(name, value, minimum=minimum)
 
 
@@ -80,7 +89,20 @@ def check_range(
     if ok and high is not None:
         ok = x <= high if high_inclusive else x < high
     if not ok:
-        raise ValueError(f"`{name}` must be in {interval}, got {value!r}.")
+        hint = _low_precision_hint(value)
+        raise ValueError(f"`{name}` must be in {interval}, got {value!r}.{hint}")
+
+
+def _low_precision_hint(value: Any) -> str:
+    """Why a hyperparameter may arrive rounded: optax.inject_hyperparams' casts."""
+    dtype = getattr(value, "dtype", None)
+    if dtype is None or jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+        return ""
+    return (
+        f" This {jnp.dtype(dtype).name} value was probably rounded by optax.inject_hyperparams, "
+        "which casts hyperparameters to the parameters' dtype (0.999 rounds to 1.0 in "
+        "bfloat16): pass hyperparam_dtype=jnp.float32 to optax.inject_hyperparams."
+    )
 
 
 def check_nonnegative(name: str, value: Any) -> None:
@@ -108,6 +130,28 @@ def require_params(params: Any, who: str | None = None) -> None:
         raise ValueError(prefix + optax_base.NO_PARAMS_MSG)
 
 
+@contextlib.contextmanager
+def params_withheld(who: str, fix: str) -> Iterator[None]:
+    """Explains optax's no-params error raised by an inner transformation run without params.
+
+    Wrappers that run ``inner`` on transformed coordinates pass it
+    ``params=None``; an inner that needs parameters then raises optax's generic
+    ``NO_PARAMS_MSG`` although the user did pass them. Inside this block that
+    error becomes a ``ValueError`` saying why and what to do (``fix``).
+    """
+    try:
+        yield
+    except ValueError as err:
+        if optax_base.NO_PARAMS_MSG not in str(err):
+            raise
+        raise ValueError(
+            f"{who} runs `inner` on projected coordinates and passes it params=None (the "
+            "parameters have other shapes there), but the inner transformation needs the "
+            "parameters (e.g. the weight decay of optax.adamw or optax.add_decayed_weights, "
+            f"a trust ratio). {fix}"
+        ) from err
+
+
 def check_reserved_extra_args(extra_args: Any, reserved: Iterable[str], owner: str) -> None:
     """Raises ``TypeError`` if the user passed an extra argument ``owner`` reserves."""
     for name in reserved:
@@ -124,3 +168,40 @@ def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:
         allowed = ", ".join(repr(c) for c in choices)
         raise ValueError(f"`{name}` must be one of {allowed}; got {value!r}.")
     return value
+
+
+def check_transformation(name: str, value: Any, *, example: str = "optax.adam(1e-3)") -> None:
+    """Raises ``TypeError`` unless ``value`` has callable ``init`` and ``update``.
+
+    The message names the argument, says that an optax transformation is
+    expected (``example`` shows one) and, when ``value`` is itself callable
+    (``optax.adam`` instead of ``optax.adam(1e-3)``), that it must be called.
+    """
+    if callable(getattr(value, "init", None)) and callable(getattr(value, "update", None)):
+        return
+    hint = (
+        " (a factory? call it: e.g. optax.adam(1e-3), not optax.adam)"
+        if callable(value) and not isinstance(value, type)
+        else ""
+    )
+    raise TypeError(
+        f"`{name}` must be an optax.GradientTransformation (with `init` and `update`), "
+        f"e.g. {example}; got {value!r}{hint}."
+    )
+
+
+def check_floating(tree: Any, what: str, who: str) -> None:
+    """Raises ``ValueError`` if a leaf of ``tree`` is not a real floating-point array.
+
+    Integer or boolean parameters would be truncated by
+    :func:`optax.apply_updates`, complex ones are not supported. ``what`` names
+    the tree (``'parameters'``), ``who`` the transformation.
+    """
+    for x in jax.tree.leaves(tree):
+        dtype = jnp.result_type(x)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise ValueError(
+                f"{who} needs real floating-point {what}, got a leaf of dtype {dtype}; "
+                "cast integer, boolean or complex parameters to a float dtype (float32, "
+                "bfloat16, float16)."
+            )

@@ -53,7 +53,7 @@ def sync_towards(slow: Any, params: Any, updates: Any, rate: Any) -> tuple[Any, 
 def lookahead(
     inner: optax.GradientTransformation,
     sync_rate: jax.typing.ArrayLike = 0.5,
-    sync_period: int = 6,
+    sync_period: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Lookahead wrapper whose slow weights live in the optimizer state.
 
@@ -80,8 +80,9 @@ def lookahead(
     keyword arguments of ``update`` are forwarded to ``inner``. The sync runs
     under :func:`jax.lax.cond`, so off-sync steps cost only the inner step.
 
-    Static args for :func:`optax.inject_hyperparams`: ``inner``,
-    ``sync_period``.
+    Static args for :func:`optax.inject_hyperparams`: ``sync_period`` when
+    passed (``inner``, a transformation, passes through as a static value;
+    ``sync_rate`` is injectable).
 
     .. seealso:: :func:`optax.lookahead` needs ``optax.LookaheadParams(fast,
       slow)`` as params and does not forward extra args; this function is *not*
@@ -90,7 +91,9 @@ def lookahead(
     Args:
       inner: The fast optimizer.
       sync_rate: Slow-weight step :math:`\rho \in [0, 1]`.
-      sync_period: Number :math:`k \ge 1` of fast steps between syncs.
+      sync_period: Number :math:`k \ge 1` of fast steps between syncs (``None``:
+        holocron's default 6; ``None`` keeps :func:`optax.inject_hyperparams`
+        from turning the default into an array).
 
     Returns:
       The corresponding :class:`optax.GradientTransformationExtraArgs`; its
@@ -125,7 +128,8 @@ def lookahead(
       Fernandez, `Holocron <https://github.com/frgfm/Holocron>`_ (``holocron.optim.Lookahead``)
     """
     checks.sync_rate(sync_rate)
-    period = checks.sync_period(sync_period)
+    period = checks.sync_period(6 if sync_period is None else sync_period)
+    validation.check_transformation("inner", inner)
     inner = optax.with_extra_args_support(inner)
 
     # Branches are built once (stable identities keep eager ``lax.cond`` cached).

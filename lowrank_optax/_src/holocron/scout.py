@@ -91,7 +91,7 @@ def coherence_rate(mean: Any, m2: Any, mx: Any, mn: Any, period: int, sync_rate:
 def scout(
     inner: optax.GradientTransformation,
     sync_rate: jax.typing.ArrayLike = 0.5,
-    sync_period: int = 6,
+    sync_period: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Scout: Lookahead whose sync rate grows when the fast updates disagree.
 
@@ -119,8 +119,9 @@ def scout(
     squared deviations, running extrema: four param-shaped arrays) instead of
     storing the :math:`k` updates.
 
-    Static args for :func:`optax.inject_hyperparams`: ``inner``,
-    ``sync_period``.
+    Static args for :func:`optax.inject_hyperparams`: ``sync_period`` when
+    passed (``inner``, a transformation, passes through as a static value;
+    ``sync_rate`` is injectable).
 
     .. warning::
       holocron 0.3.0 divides by a zero max deviation for any element whose
@@ -133,7 +134,9 @@ def scout(
     Args:
       inner: The fast optimizer.
       sync_rate: Minimal slow-weight step :math:`\rho \in [0, 1]`.
-      sync_period: Number :math:`k \ge 1` of fast steps between syncs.
+      sync_period: Number :math:`k \ge 1` of fast steps between syncs (``None``:
+        holocron's default 6; ``None`` keeps :func:`optax.inject_hyperparams`
+        from turning the default into an array).
 
     Returns:
       The corresponding :class:`optax.GradientTransformationExtraArgs`; its
@@ -168,7 +171,8 @@ def scout(
       Fernandez, `Holocron <https://github.com/frgfm/Holocron>`_ (``holocron.optim.Scout``)
     """
     checks.sync_rate(sync_rate)
-    period = checks.sync_period(sync_period)
+    period = checks.sync_period(6 if sync_period is None else sync_period)
+    validation.check_transformation("inner", inner)
     inner = optax.with_extra_args_support(inner)
 
     # Branches are built once (stable identities keep eager ``lax.cond`` cached).
