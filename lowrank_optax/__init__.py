@@ -7,6 +7,9 @@ family. Re-exports use the ``name as name`` form so type checkers see them.
 
 __version__ = "0.1.0"
 
+# --- CPU threads (first): one BLAS thread for jaxlib's LAPACK; opt-out LOWRANK_OPTAX_BLAS_THREADS
+from lowrank_optax._src import cpu_threads as _cpu_threads  # noqa: F401  (configures on import)
+
 # --- subspace core and GaLore -------------------------------------------------
 from lowrank_optax._src.adam_in_basis import ScaleByAdamInBasisState as ScaleByAdamInBasisState
 from lowrank_optax._src.adam_in_basis import scale_by_adam_in_basis as scale_by_adam_in_basis
@@ -79,7 +82,7 @@ from lowrank_optax._src.holocron.tadam import scale_by_tadam as scale_by_tadam
 from lowrank_optax._src.holocron.tadam import tadam as tadam
 
 # --- LRG-Adam -----------------------------------------------------------------
-from lowrank_optax._src.lrg import ScaleByTorchAmsgradState as ScaleByTorchAmsgradState
+from lowrank_optax._src.lrg import LrgState as LrgState
 from lowrank_optax._src.lrg import lrg as lrg
 from lowrank_optax._src.lrg import lrg_adam as lrg_adam
 from lowrank_optax._src.lrg import scale_by_torch_amsgrad as scale_by_torch_amsgrad
