@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import jax
 import jax.numpy as jnp
 
+from lowrank_optax._src import sharding
 from lowrank_optax._src.numerics import working_dtype
 
 T = TypeVar("T")
@@ -47,11 +48,21 @@ def full_precision(fn: Callable[..., T]) -> Callable[..., T]:
 
 
 def _peak_signs(x: jax.Array) -> jax.Array:
-    """``(..., 1, k)`` signs making each column's largest-magnitude entry positive."""
-    peak = jnp.argmax(jnp.abs(x), axis=-2, keepdims=True)  # first index on ties
-    peak_value = jnp.take_along_axis(x, peak, axis=-2)
-    # Never multiply by zero: an all-zero column keeps sign +1.
-    return jnp.where(peak_value < 0, -1, 1).astype(x.dtype)
+    """``(..., 1, k)`` signs making each column's largest-magnitude entry positive.
+
+    Reductions only (no gather), so a column sharded along its rows is reduced
+    where it lies (partial maxima, then an ``r``-sized all-reduce): the first
+    largest-magnitude entry ``i*`` (first index on ties) is positive exactly when
+    it is also the first maximum of the column and that maximum is not negative. (If
+    ``x[i*] > 0`` no earlier entry reaches ``x[i*]``; if ``x[i*] < 0`` either a
+    larger entry exists or the column is constant and negative.) An all-zero
+    column keeps ``+1``: the sign never multiplies by zero.
+    """
+    first_peak = jnp.argmax(jnp.abs(x), axis=-2, keepdims=True)
+    first_max = jnp.argmax(x, axis=-2, keepdims=True)
+    top = jnp.max(x, axis=-2, keepdims=True)
+    positive = (first_peak == first_max) & ~(top < 0)  # a NaN column keeps +1, as before
+    return jnp.where(positive, 1, -1).astype(x.dtype)
 
 
 def canonicalize_signs(u: jax.Array, vh: jax.Array | None) -> tuple[jax.Array, jax.Array | None]:
@@ -84,19 +95,102 @@ def _householder_qr(y: jax.Array) -> tuple[jax.Array, jax.Array]:
     return q * sign[..., None, :], r * sign[..., :, None]
 
 
+def _rows_times(x: jax.Array, mat: jax.Array) -> jax.Array:
+    """``x @ mat`` for a thin ``x`` (``K`` rows): the product that may contract a sharded axis.
+
+    Off Explicit meshes a plain product. On one, ``mat``'s rows may be sharded
+    (so is ``x``'s last axis, laid out alike): each device multiplies its blocks
+    and the ``K``-row partial results are summed (an all-reduce of ``K ×``
+    ``mat``'s local columns); the result keeps ``mat``'s column sharding and
+    batch axes. This is the only place the range finder communicates, apart
+    from the Householder fallback.
+    """
+    spec = sharding.explicit_spec(mat)
+    out = None if spec is None else spec[:-2] + (None, spec[-1])
+    return sharding.matmul(x, mat, out, mat)
+
+
+def _batch_local(fn: Callable[..., Any], x: jax.Array) -> Any:
+    """``fn(x)`` for a small ``(batch..., k, k)`` ``x`` sharded at most on batch axes.
+
+    ``jnp.linalg.cholesky`` and triangular solves have no sharding rule for
+    Explicit batch axes; each device then runs ``fn`` on its batch block
+    (outputs batch-leading, sharded like ``x``'s batch axes).
+    """
+    spec = sharding.explicit_spec(x)
+    if spec is None or all(s is None for s in spec):
+        return fn(x)
+    nb = x.ndim - 2
+    shapes = jax.eval_shape(fn, jax.ShapeDtypeStruct(x.shape, x.dtype))
+    outs = [spec[:nb] + (None,) * (o.ndim - nb) for o in shapes]
+    return sharding.shard_local(fn, [x], [spec], outs)
+
+
+def _householder_rows(yt: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Householder QR of ``Y`` given as rows: ``(Qᵀ, R)`` from ``Yᵀ``, ``diag(R) >= 0``.
+
+    Off Explicit meshes one ``jnp.linalg.qr``. When ``Y``'s rows are sharded
+    over ``p`` blocks (``Yᵀ``'s last axis), a TSQR tree of height one: each
+    device factors its own rows ``Y_i = Q_i R_i`` (LAPACK, locally), the
+    ``p`` small ``R_i`` are stacked (a sum of ``(p·c) × K`` zero-padded blocks,
+    ``c = min(K, rows per block)``: sketch-sized), the stack is factored
+    ``[R_1; …; R_p] = S R`` on every device, and ``Q_i S_i`` are the rows of
+    ``Q``. Householder QR on each block keeps ``Q`` orthonormal whatever the
+    rank of ``Y``. With ``diag(R) >= 0`` a full-rank ``Y`` has one QR, so the
+    tree gives the single-device factors up to rounding; where ``Y`` is
+    rank-deficient only the columns beyond its rank (an arbitrary orthonormal
+    completion, ``R``'s diagonal zero there) may differ.
+    """
+    spec = sharding.explicit_spec(yt)
+    if spec is None:
+        q, r = _householder_qr(_swap(yt))
+        return _swap(q), r
+    batch, rows = spec[:-2], spec[-1]
+    blocks = sharding.axis_size(rows, yt)
+    axes = sharding.axis_names(rows)
+    k, local_rows = yt.shape[-2], yt.shape[-1] // blocks
+    c = min(k, local_rows)
+
+    def local(y: jax.Array) -> tuple[jax.Array, jax.Array]:  # y: (batch..., rows/p, K)
+        q, r = _householder_qr(y)
+        if blocks == 1:
+            return q, r
+        i = jax.lax.axis_index(axes)
+        stack = jnp.zeros(y.shape[:-2] + (blocks * c, k), y.dtype)
+        stack = jax.lax.psum(jax.lax.dynamic_update_slice_in_dim(stack, r, i * c, axis=-2), axes)
+        s, r = _householder_qr(stack)
+        return q @ jax.lax.dynamic_slice_in_dim(s, i * c, c, axis=-2), r
+
+    y_spec = batch + (rows, None)
+    q, r = sharding.shard_local(local, [_swap(yt)], [y_spec], [y_spec, batch + (None, None)])
+    return _swap(q), r
+
+
 def _cholesky_rows(yt: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """One CholeskyQR pass on rows: ``L = chol(Yᵀ Y)`` and ``L⁻¹``.
 
     ``yt`` is ``Yᵀ`` (``..., k, m``); ``Qᵀ = L⁻¹ Yᵀ`` has orthonormal rows (up to
     ``ε κ(Y)²``) and ``Y = Q Lᵀ``. Returns ``(L⁻¹, L, YᵀY)``. ``L⁻¹`` is formed
     explicitly: applying it is then one matrix product, far cheaper on CPU than
-    a triangular solve with ``m`` right-hand sides.
+    a triangular solve with ``m`` right-hand sides. On a mesh the Gram matrix is
+    the one ``k × k`` all-reduce (:func:`_rows_times`) and the rest is local.
     """
-    gram = yt @ _swap(yt)
-    lower = jnp.linalg.cholesky(gram)
-    eye = jnp.broadcast_to(jnp.eye(yt.shape[-2], dtype=yt.dtype), lower.shape)
-    inverse = jax.lax.linalg.triangular_solve(lower, eye, left_side=True, lower=True)
+    gram = _rows_times(yt, _swap(yt))
+
+    def factor(gram: jax.Array) -> tuple[jax.Array, jax.Array]:
+        lower = jnp.linalg.cholesky(gram)
+        eye = jnp.broadcast_to(jnp.eye(gram.shape[-1], dtype=gram.dtype), lower.shape)
+        inverse = jax.lax.linalg.triangular_solve(lower, eye, left_side=True, lower=True)
+        return inverse, lower
+
+    inverse, lower = _batch_local(factor, gram)
     return inverse, lower, gram
+
+
+def _identity_like(x: jax.Array) -> jax.Array:
+    """Identity matrices of ``x``'s shape, laid out like ``x`` on an Explicit mesh."""
+    eye = jnp.broadcast_to(jnp.eye(x.shape[-1], dtype=x.dtype), x.shape)
+    return sharding.reshard(eye, sharding.explicit_spec(x), x)
 
 
 # CholeskyQR2 is accepted when the first pass's Q₁ has ‖Q₁ᵀQ₁ − I‖_F ≤ this: then
@@ -116,6 +210,11 @@ def _orthonormal_rows_deferred(yt: jax.Array) -> tuple[jax.Array, jax.Array, jax
     The range finder keeps its thin matrices as ``k × m`` rows: on CPU every
     product with the gradient is then a fast layout (a ``k``-row operand times
     ``G`` or ``Gᵀ``) instead of ``Gᵀ X``, which ran at half the speed.
+
+    With ``yt``'s last axis sharded (Explicit mesh) the factors are computed
+    where the rows lie: two ``k × k`` all-reduces (the Gram matrices), or the
+    TSQR of :func:`_householder_rows`; ``Wᵀ`` keeps ``yt``'s layout and ``T``,
+    ``R`` are replicated (batch axes aside).
     """
     k = yt.shape[-2]
     yt, _ = finite_or_zero(yt)  # a non-finite y gets the QR of zero (no LAPACK on NaN)
@@ -126,8 +225,8 @@ def _orthonormal_rows_deferred(yt: jax.Array) -> tuple[jax.Array, jax.Array, jax
     ok = (departure <= _FIRST_PASS_TOL) & jnp.all(jnp.isfinite(inverse2))
 
     def householder() -> tuple[jax.Array, jax.Array, jax.Array]:
-        q, r = _householder_qr(_swap(yt))
-        return _swap(q), jnp.broadcast_to(jnp.eye(k, dtype=yt.dtype), r.shape), r
+        qt, r = _householder_rows(yt)
+        return qt, _identity_like(r), r
 
     return jax.lax.cond(ok, lambda: (q1t, inverse2, _swap(lower2) @ _swap(lower1)), householder)
 
@@ -218,6 +317,21 @@ def _swap(x: jax.Array) -> jax.Array:
     return jnp.swapaxes(x, -1, -2)
 
 
+def _gaussian_rows(key: jax.Array, width: int, mat: jax.Array) -> jax.Array:
+    """Gaussian ``Ωᵀ`` of ``width`` rows to multiply ``mat`` with (``Ωᵀ mat``).
+
+    On an Explicit mesh ``Ωᵀ`` is drawn laid out like ``mat``'s rows (and batch
+    axes): with JAX's partitionable threefry (the default) every device draws
+    only its block and the values are those of the single-device draw.
+    """
+    shape = mat.shape[:-2] + (width, mat.shape[-2])
+    spec = sharding.explicit_spec(mat)
+    if spec is None:
+        return jax.random.normal(key, shape, mat.dtype)
+    out = sharding._named(mat, spec[:-2] + (None, spec[-2]))
+    return jax.random.normal(key, shape, mat.dtype, out_sharding=out)
+
+
 def _range_rows(
     g: jax.Array,
     side: str,
@@ -247,17 +361,16 @@ def _range_rows(
       ``(Wᵀ, T, rows_times_h, usable)``: ``(..., K, a)`` and ``(..., K, K)`` with
       ``a`` the sketched side's dimension, and ``X ↦ X H`` for ``K``-row ``X``.
     """
-    m, n = g.shape[-2:]
     gt = _swap(g)  # a transposed operand, not a copy: XLA picks the dot's layout
+    h, h_t = (g, gt) if side == "left" else (gt, g)
 
     def h_rows(xt: jax.Array) -> jax.Array:  # (H X)ᵀ = Xᵀ Hᵀ
-        return xt @ (gt if side == "left" else g)
+        return _rows_times(xt, h_t)
 
     def ht_rows(qt: jax.Array) -> jax.Array:  # (Hᵀ Q)ᵀ = Qᵀ H
-        return qt @ (g if side == "left" else gt)
+        return _rows_times(qt, h)
 
-    inner = n if side == "left" else m
-    omega_t = jax.random.normal(key, g.shape[:-2] + (width, inner), g.dtype)
+    omega_t = _gaussian_rows(key, width, h_t)
     yt = h_rows(omega_t)
     usable = jnp.all(jnp.isfinite(yt), axis=(-2, -1)) & jnp.any(yt != 0, axis=(-2, -1))
     for _ in range(power_iterations):
@@ -313,7 +426,7 @@ def randomized_factors_checked(
     # B costs accuracy only in directions with σ ≲ √ε σ₁, and the basis stays
     # orthonormal whatever the spectrum. Qᵀ itself is never formed.
     bw = rows_times_h(wt)  # Wᵀ H, (..., K, b)
-    gram = transform @ (bw @ _swap(bw)) @ _swap(transform)
+    gram = transform @ _rows_times(bw, _swap(bw)) @ _swap(transform)
     _, vecs = jnp.linalg.eigh(finite_or_zero(gram)[0])
     top = vecs[..., ::-1][..., :rank]  # eigh is ascending
     vectors = _swap(wt) @ (_swap(transform) @ top)  # (..., a, rank)

@@ -68,10 +68,11 @@ _SIDES = {"left": "left", "right": "right", "full": "both"}
 
 
 def _gathered(g: jax.Array, plan: LeafPlan) -> jax.Array:
-    """``g`` with only its batch axes sharded (what LAPACK-backed decompositions need).
+    """``g`` with only its batch axes sharded (what a full LAPACK decomposition needs).
 
-    A range finder working on the sharded gradient (sketch-sized collectives)
-    would skip this gather.
+    Only the SVD projector gathers: an exact SVD needs the whole matrix on one
+    device. The randomized projector works on the sharded gradient with
+    sketch-sized collectives (:func:`randomized_factors_checked`).
     """
     return sharding.reshard(g, plan.decomposition_spec, g)
 
@@ -112,6 +113,11 @@ class SvdProjector(Projector):
 class RandomizedProjector(Projector):
     """Halko–Martinsson–Tropp range finder (:func:`randomized_factors`).
 
+    On an Explicit mesh it runs on the gradient as it is sharded (rows, columns,
+    both, batch axes): every collective is sketch-sized (``K × K``, ``K`` × a
+    local side), the bases come out sharded as :func:`state_sharding` says and
+    equal the single-device ones up to rounding.
+
     Attributes:
       oversampling: extra sketch columns ``p >= 0`` (``K = r + p``).
       power_iterations: subspace iterations ``q >= 0``; each adds two passes over
@@ -130,10 +136,11 @@ class RandomizedProjector(Projector):
 
     def factors(self, g: jax.Array, plan: LeafPlan, key: jax.Array) -> ProjectorResult:
         # A one-sided plan sketches only the side it keeps; usability is read from
-        # the sketch (no scan of the full gradient).
+        # the sketch (no scan of the full gradient). The gradient is not gathered:
+        # on an Explicit mesh the range finder works on it where it lies.
         return ProjectorResult(
             *randomized_factors_checked(
-                _gathered(g, plan),
+                g,
                 plan.rank,
                 key,
                 oversampling=self.oversampling,

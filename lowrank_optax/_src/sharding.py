@@ -47,6 +47,7 @@ composition works (``chain``, ``masked``, ``partition``, ``MultiSteps``,
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -99,6 +100,42 @@ def matmul(a: jax.Array, b: jax.Array, out_spec: Spec | None, like: Any) -> jax.
     if out_spec is None:
         return a @ b
     return jnp.matmul(a, b, out_sharding=_named(like, out_spec))
+
+
+def axis_names(entry: Any) -> tuple[str, ...]:
+    """Mesh axis names of one spec entry (``None``, a name, or a tuple of names)."""
+    if entry is None:
+        return ()
+    return tuple(entry) if isinstance(entry, tuple) else (entry,)
+
+
+def axis_size(entry: Any, like: Any) -> int:
+    """Number of blocks one spec entry cuts an axis into, on the mesh of ``like``."""
+    shape = jax.typeof(like).sharding.mesh.shape
+    size = 1
+    for name in axis_names(entry):
+        size *= shape[name]
+    return size
+
+
+def shard_local(
+    fn: Callable[..., Any], args: Sequence[jax.Array], in_specs: Sequence[Spec], out_specs: Any
+) -> Any:
+    """``fn`` on every device's blocks of ``args`` (``jax.shard_map`` on their Explicit mesh).
+
+    ``in_specs`` holds one per-axis spec per argument; ``out_specs`` is the
+    output's spec, or a list of specs when ``fn`` returns a tuple. ``fn`` sees
+    local blocks and may use collectives over the mesh's axes. The library uses
+    it only where a computation has no sharded (Explicit) form: block-local
+    LAPACK calls of the sharded range finder.
+    """
+    mesh = jax.typeof(args[0]).sharding.mesh
+    if isinstance(out_specs, list):
+        outs: Any = tuple(P(*o) for o in out_specs)
+    else:
+        outs = P(*out_specs)
+    ins = tuple(P(*s) for s in in_specs)
+    return jax.shard_map(fn, mesh=mesh, in_specs=ins, out_specs=outs)(*args)
 
 
 def zeros(shape: tuple[int, ...], dtype: Any, spec: Spec | None, like: Any) -> jax.Array:
