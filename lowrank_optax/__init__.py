@@ -154,6 +154,7 @@ from lowrank_optax._src.fused import FusedLayersState as FusedLayersState
 from lowrank_optax._src.fused import FusedTrainState as FusedTrainState
 from lowrank_optax._src.fused import FusedTrainStep as FusedTrainStep
 from lowrank_optax._src.fused import check_leafwise as check_leafwise
+from lowrank_optax._src.fused import fused_gradient_bytes as fused_gradient_bytes
 from lowrank_optax._src.fused import fused_layers as fused_layers
 from lowrank_optax._src.fused import fused_train_step as fused_train_step
 from lowrank_optax._src.fused import fused_value_and_grad as fused_value_and_grad

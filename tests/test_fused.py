@@ -170,7 +170,9 @@ class EqualityTest(parameterized.TestCase):
         for c in counts:
             np.testing.assert_array_equal(c, np.full(L, STEPS))
 
-    @parameterized.parameters(*OPTIMIZERS)
+    # galore(optax.adam) with k > 1 is covered in the subspace form
+    # (tests/test_fused_accumulation.py).
+    @parameterized.parameters("adam", "galore_adamw")
     def test_accumulation_equals_multisteps(self, name):
         # k = 2: the refresh (every 4 updates) uses the mean micro-batch gradient
         # on both paths, so they agree across refreshes too.
@@ -382,6 +384,33 @@ class LeafwiseCheckTest(parameterized.TestCase):
         _, stacked = init_model()
         tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(LR))
         lowrank.fused_layers(layer, tx, check_leafwise=False).init(stacked)
+
+
+class GradientBytesTest(absltest.TestCase):
+    def test_one_layer_of_the_block_plus_the_rest(self):
+        params, stacked = init_model()
+        full = {**params, "blocks": stacked}
+        expected = sum(x.nbytes for x in jax.tree.leaves(params)) + sum(
+            x.nbytes // L for x in jax.tree.leaves(stacked)
+        )
+        self.assertEqual(lowrank.fused_gradient_bytes(full), expected)
+        report = lowrank.memory_report(optax.adam(LR), full)
+        self.assertEqual(lowrank.fused_gradient_bytes(report), expected)
+        self.assertEqual(report["grads_bytes"] - expected, (L - 1) * expected_block_layer(stacked))
+
+
+def expected_block_layer(stacked):
+    return sum(x.nbytes // L for x in jax.tree.leaves(stacked))
+
+
+@pytest.mark.parametrize("module", ["fused", "subspace_accumulation"])
+def test_docstring_examples(module):
+    import doctest
+    import importlib
+
+    mod = importlib.import_module(f"lowrank_optax._src.{module}")
+    result = doctest.testmod(mod, optionflags=doctest.NORMALIZE_WHITESPACE, verbose=False)
+    assert result.failed == 0 and result.attempted > 0
 
 
 def _deep_model(num_layers, width):
