@@ -6,8 +6,9 @@ The code map is built by reading every 8-bit pattern as the paper describes it
 pattern whose magnitude bits are all zero is 0. Quantization picks the nearest map
 value by brute force (float64 argmin over all 256 values), per block of
 ``block_size`` consecutive elements of each row, where rows are the smallest
-trailing axis group with at least ``block_size`` elements. Nothing here calls
-``lowrank_optax``.
+trailing axis group with at least ``block_size`` elements. The unsigned format
+stores square roots (values ``x >= 0`` are quantized as ``sqrt(x)`` and decoded as
+``(code value · scale)²``). Nothing here calls ``lowrank_optax``.
 """
 
 from __future__ import annotations
@@ -63,14 +64,19 @@ def rows_layout(shape: tuple[int, ...], block_size: int) -> tuple[int, int]:
 
 
 def quantize(x: np.ndarray, *, signed: bool, block_size: int) -> dict[str, np.ndarray]:
-    """Reference quantization; returns codes, scales, the normalised values and the
-    distance (in units of the block scale) from each normalised value to its code."""
+    """Reference quantization: codes, scales, the stored quantity (``x`` or ``sqrt(x)``),
+    its normalised values, their distance (in units of the block scale) to the chosen
+    code and to the second-nearest one, and the dequantized values."""
     x = np.asarray(x, np.float64)
     # float32 subnormals count as zero (XLA's CPU arithmetic flushes them; documented).
     x = np.where(np.abs(x) < np.finfo(np.float32).tiny, 0.0, x)
+    # The stored quantity: x itself (signed) or its square root (unsigned).
+    with np.errstate(invalid="ignore"):
+        stored = x if signed else np.sqrt(np.maximum(x, 0.0))
+    stored = np.where(np.isnan(x), np.nan, stored)
     lead, row = rows_layout(x.shape, block_size)
     nblocks = max(1, math.ceil(row / block_size))
-    rows = x.reshape(-1, row)
+    rows = stored.reshape(-1, row)
     padded = np.zeros((rows.shape[0], nblocks * block_size))
     padded[:, :row] = rows
     blocks = padded.reshape(rows.shape[0], nblocks, block_size)
@@ -79,8 +85,6 @@ def quantize(x: np.ndarray, *, signed: bool, block_size: int) -> dict[str, np.nd
     finite = np.isfinite(absmax)
     safe = np.where(finite & (absmax > 0), absmax, 1.0)
     a = np.where(finite[..., None], blocks / safe[..., None], 0.0)
-    if not signed:
-        a = np.maximum(a, 0.0)
     codes_table, values = code_table(signed)
     dist = np.abs(a[..., None] - values)
     nearest = np.argmin(dist, axis=-1)
@@ -93,13 +97,15 @@ def quantize(x: np.ndarray, *, signed: bool, block_size: int) -> dict[str, np.nd
     def unblock(v: np.ndarray) -> np.ndarray:
         return v.reshape(rows.shape[0], -1)[:, :row].reshape(x.shape)
 
+    decoded = values[nearest] * scales[..., None]
     return {
         "codes": unblock(codes),
         "scales": scales.reshape(*x.shape[:lead], nblocks),
+        "stored": stored,
         "normalised": unblock(a),
         "error": unblock(error),
         "tie_margin": unblock(second - error),
-        "values": unblock(values[nearest] * scales[..., None]),
+        "values": unblock(decoded if signed else decoded**2),
     }
 
 
@@ -116,7 +122,8 @@ def dequantize(
     nblocks = max(1, math.ceil(row / block_size))
     per_element = np.repeat(np.asarray(scales, np.float64).reshape(-1, nblocks), block_size, axis=1)
     per_element = per_element[:, :row].reshape(codes.shape)
-    return values * per_element
+    decoded = values * per_element
+    return decoded if signed else decoded**2
 
 
 def half_gap(normalised: np.ndarray, *, signed: bool) -> np.ndarray:

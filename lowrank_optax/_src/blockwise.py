@@ -1,6 +1,9 @@
 r"""Block-wise 8-bit quantization with the dynamic (tree) code map of Dettmers et al.
 
-An array is stored as an 8-bit *code* per element and one *scale* per block:
+An array is stored as an 8-bit *code* per element and one *scale* per block, in one
+of two formats: **signed** (``int8`` codes; any values, e.g. first moments) or
+**unsigned** (``uint8`` codes; non-negative values, e.g. second moments). The
+codes' dtype records the format.
 
 * **Blocks.** The array is viewed as ``(*lead, C)`` where the trailing axis group
   (``C`` = the product of the trailing axes) is the smallest one holding at least
@@ -10,10 +13,13 @@ An array is stored as an 8-bit *code* per element and one *scale* per block:
   with zeros). Blocks never span two rows, so the layout depends only on the
   shape and ``block_size`` (never on a mesh) and a checkpoint restores onto any
   sharding.
-* **Scale.** A block's scale is its absolute maximum :math:`s = \max_i |x_i|`,
-  stored in the array's own dtype (it *is* one of the array's values, so the cast
-  is exact). Scales have shape ``(*lead, num_blocks)``.
-* **Code.** Each element is normalised, :math:`a = x / s \in [-1, 1]`, and
+* **Stored quantity.** The signed format stores :math:`r = x`; the unsigned one
+  stores :math:`r = \sqrt{x}` (negative values count as 0) and decodes by
+  squaring, so its 8 decades of codes span 16 decades of :math:`x`.
+* **Scale.** A block's scale is :math:`s = \max_i |r_i|`, stored in the array's
+  own dtype (rounded up where that dtype cannot hold it: square roots in
+  bf16/f16). Scales have shape ``(*lead, num_blocks)``.
+* **Code.** Each element is normalised, :math:`a = r / s \in [-1, 1]`, and
   stored as the index of the nearest value of a 256-entry code map.
 
 The code map is the *dynamic tree* data type of Dettmers (2016) as used by
@@ -29,27 +35,25 @@ giving a linear position :math:`F \in [0, 2^f)` inside the decade:
 and the code whose magnitude bits are all zero is 0. Each decade
 :math:`(10^{-k-1}, 10^{-k}]` is split into :math:`2^f` equal steps ending at its
 top, so :math:`\pm 1` and 0 are exact and the grid spacing is the same on both
-sides of a decade boundary. The **signed** map (first moments) has 7 magnitude
-bits: :math:`k = 0..6`, :math:`f = 6 - k`, smallest non-zero magnitude
-:math:`10^{-6}`, stored as ``int8`` codes ``c`` with :math:`v(-c) = -v(c)` (the
-code ``-128`` is never written; it decodes to ``-1``). The **unsigned** map
-(non-negative arrays such as second moments; the paper's "dynamic quantization"
-re-purposes the sign bit as one more fraction bit) has 8 magnitude bits:
-:math:`k = 0..7`, :math:`f = 7 - k`, smallest non-zero value :math:`10^{-7}`,
-stored as ``uint8``. The codes' dtype therefore records which map a stored array
-uses.
+sides of a decade boundary. The **signed** map has 7 magnitude bits:
+:math:`k = 0..6`, :math:`f = 6 - k`, smallest non-zero magnitude :math:`10^{-6}`,
+stored as ``int8`` codes ``c`` with :math:`v(-c) = -v(c)` (the code ``-128`` is
+never written; it decodes to ``-1``). The **unsigned** map (the paper's "dynamic
+quantization" re-purposes the sign bit as one more fraction bit) has 8 magnitude
+bits: :math:`k = 0..7`, :math:`f = 7 - k`, smallest non-zero value
+:math:`10^{-7}`.
 
-Quantization error: for :math:`|a| \in [10^{-k-1}, 10^{-k}]` the nearest code is
-at most half a step away, :math:`|x - \hat x| \le s\cdot 0.45\cdot 10^{-k}/2^{f}`
-(at most :math:`0.45/64 \approx 0.70\,\%` of the block maximum signed, and
-:math:`0.45/128 \approx 0.35\,\%` unsigned); below the smallest code
-(:math:`|a| < 10^{-6}` signed, :math:`10^{-7}` unsigned) the error is at most half
-that code. Subnormal values count as zero (XLA's CPU arithmetic flushes them;
-a block whose maximum is subnormal is stored as zeros on every backend).
+Quantization error, in the stored quantity: for :math:`|a| \in [10^{-k-1},
+10^{-k}]` the nearest code is at most half a step away,
+:math:`|r - \hat r| \le s\cdot 0.45\cdot 10^{-k}/2^{f}` (at most
+:math:`0.45/64 \approx 0.70\,\%` of the block maximum signed, and
+:math:`0.45/128 \approx 0.35\,\%` unsigned, i.e. :math:`|x - \hat x| \le 0.71\,\%`
+of the block's largest :math:`x`); below the smallest code the error is at most
+half that code. Subnormal values count as zero (XLA's CPU arithmetic flushes
+them; a block whose maximum is subnormal is stored as zeros on every backend).
 Non-finite blocks: a block holding a NaN or :math:`\pm\infty` is stored with a
 NaN scale and zero codes, so it dequantizes to NaN everywhere (the non-finite
-value spreads to its block and no further). A negative value in an array stored
-with the unsigned map is stored as 0.
+value spreads to its block and no further).
 """
 
 from __future__ import annotations
@@ -73,9 +77,11 @@ class QuantizedArray(NamedTuple):
 
     Attributes:
       codes: one code per element, with the shape (and sharding) of the stored
-        array; ``int8`` for the signed code map, ``uint8`` for the unsigned one.
-      scales: per-block absolute maxima in the stored array's dtype, of shape
-        ``(*lead, num_blocks)`` (see :func:`block_layout`).
+        array: ``int8`` for the signed format (codes of the values), ``uint8`` for
+        the unsigned one (codes of their square roots).
+      scales: per-block maxima of the coded quantity (``|x|``, or ``sqrt(x)``) in
+        the stored array's dtype, of shape ``(*lead, num_blocks)`` (see
+        :func:`block_layout`).
     """
 
     codes: jax.Array
@@ -310,28 +316,38 @@ def _from_blocks(blocks: jax.Array, layout: BlockLayout, specs: _Specs, like: An
 def quantize_blockwise(
     x: jax.Array, *, signed: bool = True, block_size: int = 256
 ) -> QuantizedArray:
-    """Quantizes ``x`` block-wise to 8-bit dynamic-map codes (see the module docs).
+    r"""Quantizes ``x`` block-wise to 8-bit dynamic-map codes.
+
+    The formats, the block layout and the code map are described in
+    :doc:`/guides/quantized_state`.
 
     Args:
       x: a floating-point array (any shape; bf16/f16 are computed in float32).
-      signed: use the signed code map (``int8`` codes); ``False`` uses the
-        unsigned map (``uint8`` codes) and stores negative values as 0.
+      signed: the signed format (``int8`` codes of ``x``); ``False`` selects the
+        unsigned format (``uint8`` codes of :math:`\sqrt{x}`, negative values
+        stored as 0), for arrays that are never negative.
       block_size: elements per block (``>= 1``).
 
     Returns:
-      A :class:`QuantizedArray`; on an Explicit mesh the codes have ``x``'s
-      sharding and the scales the sharding described in :func:`block_layout`'s
-      caller docs (block axis sharded like ``x`` where shards hold whole blocks).
+      A :class:`QuantizedArray`. On an Explicit mesh the codes have ``x``'s
+      sharding; the scales' block axis is sharded like the row group's major axis
+      where every shard holds whole blocks, and replicated otherwise.
 
     Examples:
       >>> import jax.numpy as jnp
       >>> import lowrank_optax as lowrank
       >>> x = jnp.array([0.5, -1.0, 0.0, 2.0])
       >>> q = lowrank.quantize_blockwise(x, block_size=2)
-      >>> q.codes.dtype, q.scales
-      (dtype('int8'), Array([1., 2.], dtype=float32))
+      >>> q.codes, q.scales
+      (Array([  91, -127,    0,  127], dtype=int8), Array([1., 2.], dtype=float32))
       >>> lowrank.dequantize_blockwise(q, block_size=2)
-      Array([ 0.5, -1. ,  0. ,  2. ], dtype=float32)
+      Array([ 0.49375004, -1.        ,  0.        ,  2.        ], dtype=float32)
+      >>> q = lowrank.quantize_blockwise(jnp.array([4.0, 1.0, 0.25, 0.0]), signed=False,
+      ...                                block_size=4)
+      >>> q.scales  # sqrt(4): the unsigned format stores square roots
+      Array([2.], dtype=float32)
+      >>> lowrank.dequantize_blockwise(q, block_size=4)
+      Array([4.        , 1.0031276 , 0.24533455, 0.        ], dtype=float32)
     """
     block_size = v.check_int("block_size", block_size, minimum=1)
     x = jnp.asarray(x)
@@ -342,25 +358,33 @@ def quantize_blockwise(
     work = _work_dtype(x.dtype)
     xw = sharding.reshard(x.astype(work), specs.work if specs.work != specs.array else None, x)
     blocks = _to_blocks(xw, layout, specs, x)
+    if not signed:
+        # Square-root companding: the unsigned map's 8 decades cover 16 of x.
+        blocks = jnp.sqrt(jnp.maximum(blocks, 0))
     absmax = jnp.max(jnp.abs(blocks), axis=-1)  # NaN if the block holds one
     finite = jnp.isfinite(absmax)
     # A block whose maximum is subnormal (its reciprocal overflows; XLA's CPU
     # arithmetic flushes such values to zero anyway) is stored as zeros.
     absmax = jnp.where(absmax < jnp.finfo(work).tiny, 0, absmax)
+    # The stored scale, rounded up where the leaf's dtype cannot hold it exactly
+    # (a square root in bf16/f16), so that every |a| <= 1.
+    stored = absmax.astype(x.dtype)
+    stored = jnp.where(stored.astype(work) < absmax, jnp.nextafter(stored, np.inf), stored)
+    scale = stored.astype(work)
     # The reciprocal of a maximum near the top of the float range is subnormal
     # (flushed to zero): such blocks are pre-scaled by 2^-64 (one more multiply).
-    pre = jnp.where(absmax > 2.0**64, np.asarray(2.0**-64, work), np.asarray(1, work))
-    usable = finite & (absmax > 0)
-    inv = jnp.where(usable, 1 / jnp.where(usable, absmax * pre, 1), 0)
+    pre = jnp.where(scale > 2.0**64, np.asarray(2.0**-64, work), np.asarray(1, work))
+    usable = finite & (scale > 0)
+    inv = jnp.where(usable, 1 / jnp.where(usable, scale * pre, 1), 0)
     a = (blocks * pre[..., None]) * inv[..., None]
-    magnitude = jnp.where(finite[..., None], jnp.abs(a) if signed else jnp.maximum(a, 0), 0)
+    magnitude = jnp.where(finite[..., None], jnp.abs(a), 0)
     index = _encode_magnitude(magnitude, _magnitude_bits(signed))
     if signed:
         codes = jnp.where(a < 0, -index, index).astype(jnp.int8)
     else:
         codes = index.astype(jnp.uint8)
     codes = _from_blocks(codes, layout, specs, x)
-    scales = jnp.where(finite, absmax, jnp.nan).astype(x.dtype)
+    scales = jnp.where(finite, stored, jnp.nan)
     if specs.scales is None:
         scales = scales.reshape(layout.scales_shape)
     else:
@@ -370,6 +394,9 @@ def quantize_blockwise(
 
 def dequantize_blockwise(q: QuantizedArray, *, block_size: int = 256) -> jax.Array:
     """The array stored in ``q`` (dtype of ``q.scales``, shape of ``q.codes``).
+
+    ``int8`` codes are the signed format, ``uint8`` codes the unsigned one (decoded
+    and squared); see :func:`quantize_blockwise`.
 
     Args:
       q: a :class:`QuantizedArray` from :func:`quantize_blockwise`.
@@ -400,4 +427,6 @@ def dequantize_blockwise(q: QuantizedArray, *, block_size: int = 256) -> jax.Arr
         values = _decode_magnitude(c, _magnitude_bits(False), work)
     scales = scales.astype(work).reshape(_blocks_lead(layout, specs))
     blocks = _to_blocks(values, layout, specs, codes) * scales[..., None]
+    if not signed:
+        blocks = jnp.square(blocks)  # the unsigned format stores square roots
     return _from_blocks(blocks, layout, specs, codes).astype(q.scales.dtype)

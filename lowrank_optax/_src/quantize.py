@@ -31,6 +31,7 @@ from lowrank_optax._src.holocron.adabelief import ScaleByAdaBeliefState
 from lowrank_optax._src.holocron.adan import ScaleByAdanState as HolocronAdanState
 from lowrank_optax._src.holocron.tadam import ScaleByTadamState
 from lowrank_optax._src.lre.inner import ScaleByCubicAdamInBasisState
+from lowrank_optax._src.sharding import explicit_spec
 from lowrank_optax._src.subspace import is_box
 
 _NONNEGATIVE_FIELDS: dict[type, frozenset[str]] = {}
@@ -40,9 +41,10 @@ def register_nonnegative_fields(state_cls: type, *fields: str) -> type:
     """Declares fields of a NamedTuple state class as non-negative (second moments).
 
     Under :func:`quantize_state`, every floating leaf below a declared field is
-    stored with the unsigned code map (one more bit of precision than the
-    signed one). Declare only fields that can never hold a negative value: a
-    negative value in such a leaf is stored as 0.
+    stored in the unsigned format (the unsigned code map, one bit more precise
+    than the signed one, applied to the square root). Declare only fields that
+    can never hold a negative value: a negative value in such a leaf is stored
+    as 0.
 
     Args:
       state_cls: a ``NamedTuple`` class (an optimizer state type).
@@ -132,6 +134,22 @@ def _raw(x: Any) -> Any:
     return x
 
 
+def _after(x: jax.Array, previous: jax.Array) -> jax.Array:
+    """``x`` plus an exact zero that depends on ``previous`` (a scheduling hint).
+
+    ``previous`` holds block maxima (``>= 0`` or NaN), so ``previous < 0`` is
+    never true, a fact XLA cannot fold. Quantizing leaf ``i`` then waits for leaf
+    ``i - 1``'s scales: XLA's CPU scheduler otherwise materialises every leaf's new
+    moments (float32, the input of the block-maximum reduction) before quantizing
+    any, and the step's temporary buffer holds all of them instead of one leaf's
+    (measured on the LLaMA-block benchmark: 123 MB -> 33 MB, and a 1.6x faster
+    step, the larger buffer being freshly mapped and page-faulted every step).
+    Only leaves without Explicit sharding, on the CPU backend, get it.
+    """
+    zero = jnp.where(previous.reshape(-1)[0] < 0, 1, 0)
+    return x + zero.astype(x.dtype)
+
+
 def quantize_state(
     inner: optax.GradientTransformation,
     *,
@@ -147,8 +165,9 @@ def quantize_state(
     transformation: every floating-point state leaf of ``inner`` with at least
     ``min_size`` elements (and at least one axis) is stored as a
     :class:`QuantizedArray`, an ``int8``/``uint8`` code per element plus one scale
-    (the block's absolute maximum) per block of ``block_size`` elements; the code
-    indexes the dynamic (tree) code map (:func:`dynamic_code_map`). Each step
+    (the block's largest magnitude) per block of ``block_size`` elements; the code
+    indexes the dynamic (tree) code map (:func:`dynamic_code_map`). See
+    :doc:`/guides/quantized_state`. Each step
     dequantizes, runs ``inner.update`` in the leaves' dtype, and quantizes the new
     state back, inside the same (jitted) function:
 
@@ -168,22 +187,24 @@ def quantize_state(
     ``optax.tree.get``, basis-aware checks of :func:`project_lowrank` and other
     wrappers see the same state types.
 
-    **Signed or unsigned map.** Leaves under a declared non-negative field
-    (second moments: optax's ``ScaleByAdamState.nu``, ``ScaleByAmsgradState.nu``
-    and ``nu_max``, :class:`ScaleByAdamInBasisState` ``nu``/``nu_max``, holocron's
-    AdaBelief/Adan/TAdam ``nu``/``nu_max``, and the others
-    registered with :func:`register_nonnegative_fields`) use the unsigned map
-    (8 magnitude bits, ``uint8`` codes); every other leaf uses the signed map
-    (7 magnitude bits, ``int8`` codes). ``nonnegative`` overrides the declaration
-    per leaf.
+    **Signed or unsigned format, declared.** Leaves under a declared non-negative
+    field (second moments: optax's ``ScaleByAdamState.nu``,
+    ``ScaleByAmsgradState.nu`` and ``nu_max``, :class:`ScaleByAdamInBasisState`
+    ``nu``/``nu_max``, holocron's AdaBelief/Adan/TAdam ``nu``/``nu_max``, and the
+    others registered with :func:`register_nonnegative_fields`) use the unsigned
+    format: the unsigned map (8 magnitude bits, ``uint8`` codes) applied to
+    :math:`\sqrt{v}`. Every other leaf uses the signed map (7 magnitude bits,
+    ``int8`` codes). Non-negativity is never guessed from values; ``nonnegative``
+    overrides the declaration per leaf.
 
     **Degenerate values.** An all-zero block is stored exactly (scale 0). A block
     holding a NaN or an infinity dequantizes to NaN in every element (its scale is
     NaN): the non-finite value spreads to its block, and the update is whatever
     ``inner`` makes of it (wrap with :func:`optax.apply_if_finite` to skip such
-    steps). Values below :math:`10^{-6}` (signed) or :math:`10^{-7}` (unsigned)
-    times their block's maximum are stored as 0. bf16/f16 leaves are quantized in
-    float32 and their scales stored in their own dtype.
+    steps). Values below :math:`10^{-6}` (signed) of their block's largest
+    magnitude, or second moments below :math:`10^{-14}` of their block's largest,
+    are stored as 0. bf16/f16 leaves are quantized in float32 and their scales
+    stored in their own dtype.
 
     **Sharding.** Codes have the leaf's shape and sharding. Scales have shape
     ``(*lead, num_blocks)`` (blocks tile the last axis, or the smallest group of
@@ -239,6 +260,15 @@ def quantize_state(
       <https://arxiv.org/abs/1511.04561>`_, 2016
 
     .. warning::
+      Non-negative leaves are stored as codes of :math:`\sqrt{v}`, not of
+      :math:`v` as in the paper. Coding :math:`v` directly, its 7 decades below the
+      block maximum cover only 3.5 decades of gradient scale, against 6 for the
+      first moment: an element whose gradient is :math:`10^{-3.5}` to
+      :math:`10^{-6}` of its block's largest keeps :math:`m \neq 0` but gets
+      :math:`v = 0`, hence the step :math:`m/\epsilon` (measured on mnist1d: steps
+      up to 400 times Adam's largest regular step). With :math:`\sqrt{v}` the
+      second moment's range covers the first moment's.
+
       The code map follows the papers' bit layout (sign, exponent zeros,
       indicator, linear fraction) but each decade's grid ends at its top value
       (so 0 and ±1 are exact and the step is uniform across decade boundaries)
@@ -309,16 +339,19 @@ def quantize_state(
             updates, treedef.unflatten(full), params, **extra_args
         )
         new_leaves = treedef.flatten_up_to(new_state)
-        out = [
-            quantize_blockwise(
-                new.astype(old.scales.dtype),
-                signed=old.codes.dtype == jnp.int8,
-                block_size=block_size,
-            )
-            if isinstance(old, QuantizedArray)
-            else new
-            for old, new in zip(stored, new_leaves, strict=True)
-        ]
+        out = []
+        previous = None
+        sequence = jax.default_backend() == "cpu"
+        for old, new in zip(stored, new_leaves, strict=True):
+            if not isinstance(old, QuantizedArray):
+                out.append(new)
+                continue
+            new = new.astype(old.scales.dtype)
+            if sequence and previous is not None and explicit_spec(new) is None:
+                new = _after(new, previous)
+            q = quantize_blockwise(new, signed=old.codes.dtype == jnp.int8, block_size=block_size)
+            previous = q.scales
+            out.append(q)
         return new_updates, treedef.unflatten(out)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
