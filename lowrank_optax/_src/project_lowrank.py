@@ -86,6 +86,11 @@ class Subspace(NamedTuple):
         return self.plan.project(x, self.basis)
 
     def back(self, coords: jax.Array) -> jax.Array:
+        # Coordinates drawn without a layout (e.g. LORENZA's probes) are put at the
+        # coordinate spec first: on an Explicit mesh with a sharded batch axis the
+        # product with the basis needs both laid out alike (a local slice).
+        like = self.basis.left if self.basis.left is not None else self.basis.right
+        coords = sharding.reshard(coords, self.plan.coord_spec, like)
         return self.plan.back(coords, self.basis)
 
 
