@@ -63,6 +63,18 @@ class CanonicalizeSignsTest(parameterized.TestCase):
             np.testing.assert_array_equal(cu[b], ref_u.astype(np.float32))
             np.testing.assert_array_equal(cvh[b], ref_vh.astype(np.float32))
 
+    def test_rule_on_tie_heavy_columns_against_numpy(self):
+        # The rule is computed by reductions only (argmax of |u|, argmax and max of
+        # u; no gather, so it runs on row-sharded columns): entries in {-2..2} give
+        # many magnitude ties, constant negative and all-zero columns.
+        u = np.random.default_rng(7).integers(-2, 3, size=(5, 200)).astype(np.float32)
+        u[:, 0], u[:, 1], u[:, 2] = -1.0, 0.0, 2.0
+        vh = _random((200, 3), seed=8)
+        cu, cvh = map(np.asarray, lowrank.canonicalize_signs(jnp.asarray(u), jnp.asarray(vh)))
+        ref_u, ref_vh = canonical_signs(u, vh)
+        np.testing.assert_array_equal(cu, ref_u.astype(np.float32))
+        np.testing.assert_array_equal(cvh, ref_vh.astype(np.float32))
+
     def test_idempotent(self):
         u, vh = jnp.asarray(_random((6, 3), 3)), jnp.asarray(_random((3, 4), 4))
         once = lowrank.canonicalize_signs(u, vh)
