@@ -30,3 +30,31 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     del session
     gc.collect()
     gc.freeze()
+
+
+# Modules whose tests each run for tens of seconds (subprocesses, end-to-end
+# examples, docs builds), longest first. pytest-xdist's load scheduler hands the
+# first quarter of the items out round-robin, so putting these first spreads them
+# over both workers; collected in place, several of them could end up on one
+# worker at the end while the other sits idle. Tests marked ``slow`` join them.
+LONG_FIRST = (
+    "test_mesh.py",
+    "test_train_lm.py",
+    "test_examples_lrg.py",
+    "test_fused.py",
+    "test_doc_blocks.py",
+    "test_docs.py",
+    "test_examples_galore.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Runs the long modules first (stable: the order within a module is kept)."""
+    del config
+
+    def rank(item: pytest.Item) -> int:
+        if item.path.name in LONG_FIRST:
+            return LONG_FIRST.index(item.path.name)
+        return len(LONG_FIRST) if item.get_closest_marker("slow") else len(LONG_FIRST) + 1
+
+    items.sort(key=rank)

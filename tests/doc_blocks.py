@@ -16,8 +16,8 @@ Convention for every code block a reader sees (``README.md``, ``docs/index.rst``
 * A **shell** block (``bash``, ``sh``, ``shell``, ``console``) is not executed; every
   script, test path and ``.[extra]`` it names must exist.
 * **Data** blocks (``text``, ``none``, ``toml``, ``json``, ``yaml``, ``ini``) are shown,
-  not run. A bare reST literal block (``::``) is refused: Sphinx highlights it as
-  Python, so say which it is.
+  not run. A bare reST literal block (``::``) is data too, unless it parses as
+  Python: then it is refused (say ``python`` to run it or ``text`` not to).
 * Code lines are at most :data:`MAX_COLUMNS` (88) characters, so that no block
   scrolls sideways on the site or on GitHub.
 * **Opt-out**, for a Python block that cannot run as written (rare; prefer making it
@@ -30,6 +30,7 @@ Run one page by hand: ``python3 tests/doc_blocks.py docs/guides/galore.rst``.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import doctest
 import json
@@ -115,6 +116,14 @@ def _dedent(body: list[str]) -> str:
     return "\n".join(x[width:] for x in body) + "\n"
 
 
+def _is_python(source: str) -> bool:
+    try:
+        ast.parse(source)
+    except SyntaxError:
+        return False
+    return True
+
+
 def _rst_blocks(page: pathlib.Path, lines: list[str]) -> tuple[list[Block], list[str]]:
     blocks, errors = [], []
     i = 0
@@ -122,17 +131,29 @@ def _rst_blocks(page: pathlib.Path, lines: list[str]) -> tuple[list[Block], list
         m = _RST_CODE.match(lines[i])
         if m is None:
             text = lines[i].rstrip()
+            indent = len(text) - len(text.lstrip())
             if (
                 text.endswith("::")
                 and not _RST_DIRECTIVE.match(text)
                 and i + 2 < len(lines)
                 and not lines[i + 1].strip()
-                and lines[i + 2].startswith((" ", "\t"))
+                and len(lines[i + 2]) - len(lines[i + 2].lstrip()) > indent
             ):
-                errors.append(
-                    f"{display(page)}:{i + 1}: bare literal block '::'; use "
-                    "'.. code-block:: python' (run by the suite) or '.. code-block:: text'"
-                )
+                j = i + 2
+                while j < len(lines) and (
+                    not lines[j].strip() or len(lines[j]) - len(lines[j].lstrip()) > indent
+                ):
+                    j += 1
+                body = _dedent(lines[i + 2 : j])
+                if _is_python(body):
+                    errors.append(
+                        f"{display(page)}:{i + 3}: a bare literal block '::' holding Python; "
+                        "use '.. code-block:: python' (run by the suite) or "
+                        "'.. code-block:: text'"
+                    )
+                blocks.append(Block(page, i + 3, "text", body))
+                i = j
+                continue
             i += 1
             continue
         indent = len(m.group(1))

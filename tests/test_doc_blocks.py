@@ -100,15 +100,19 @@ def test_marker_is_recognised_only_directly_above_a_block(tmp_path: pathlib.Path
     page = tmp_path / "page.rst"
     page.write_text(
         "Title\n=====\n\n.. not-runnable: needs a GPU with 80 GB\n\n"
-        ".. code-block:: python\n\n   import nothing_here\n\ntext::\n\n   literal\n\n"
+        ".. code-block:: python\n\n   import nothing_here\n\ntext::\n\n   x = f(1)\n\n"
+        "a table::\n\n   embed (V, d)   head (d, V)\n\n"
         ".. code-block:: python\n   :caption: x\n\n   a = 1\n   b = 2\n\nafter\n"
     )
     blocks, errors = doc_blocks._rst_blocks(page, page.read_text().splitlines())
-    assert [(b.line, b.not_runnable, b.source) for b in blocks] == [
-        (8, "needs a GPU with 80 GB", "import nothing_here\n"),
-        (17, None, "a = 1\nb = 2\n"),
+    assert [(b.line, b.kind, b.not_runnable, b.source) for b in blocks] == [
+        (8, "python", "needs a GPU with 80 GB", "import nothing_here\n"),
+        (12, "data", None, "x = f(1)\n"),
+        (16, "data", None, "embed (V, d)   head (d, V)\n"),
+        (21, "python", None, "a = 1\nb = 2\n"),
     ]
-    assert len(errors) == 1 and "bare literal block" in errors[0]
+    # Python in a bare literal block must say whether it runs; a table need not.
+    assert len(errors) == 1 and "page.rst:12: a bare literal block" in errors[0]
 
 
 def _shell_commands(page: pathlib.Path) -> list[tuple[str, str]]:
