@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import optax
 
 
 def _loss_only(out: Any, has_aux: bool) -> Any:
@@ -26,8 +27,23 @@ def _loss_only(out: Any, has_aux: bool) -> Any:
     return out[0]
 
 
+def _fill_masked(params: Any, full_params: Any) -> Any:
+    """``params`` with its :class:`optax.MaskedNode` placeholders taken from ``full_params``."""
+
+    def is_masked(x: Any) -> bool:
+        return isinstance(x, optax.MaskedNode)
+
+    return jax.tree.map(
+        lambda p, f: f if is_masked(p) else p, params, full_params, is_leaf=is_masked
+    )
+
+
 def make_value_and_grad_fns(
-    loss_fn: Callable[..., Any], *args: Any, has_aux: bool = False, **kwargs: Any
+    loss_fn: Callable[..., Any],
+    *args: Any,
+    has_aux: bool = False,
+    full_params: Any | None = None,
+    **kwargs: Any,
 ) -> dict[str, Callable[[Any], Any]]:
     r"""Builds ``value_fn``/``grad_fn`` closures over a minibatch (plain JAX, Linen).
 
@@ -45,10 +61,21 @@ def make_value_and_grad_fns(
     ``state.tx.update`` themselves (see the LORENZA guide). Auxiliary outputs are
     dropped (``value_fn`` returns the loss only).
 
+    Inside :func:`optax.masked` or :func:`optax.multi_transform` (e.g.
+    ``optax.masked(lowrank.lorenza(...), mask)``) the transformation sees the
+    parameters with :class:`optax.MaskedNode` placeholders for the leaves it
+    does not own; pass ``full_params=params`` and ``value_fn`` takes those leaves
+    from ``params`` (they are not perturbed), while ``grad_fn`` returns
+    gradients of the owned leaves only (placeholders elsewhere), as the
+    masked transformation expects.
+
     Args:
       loss_fn: ``loss_fn(params, *args, **kwargs)``; params first.
       *args: the minibatch and any other positional arguments after params.
       has_aux: whether ``loss_fn`` returns ``(loss, aux)``.
+      full_params: the full parameters, when the transformation runs inside
+        :func:`optax.masked` / :func:`optax.multi_transform`: ``value_fn`` then
+        fills :class:`optax.MaskedNode` placeholders of its argument from them.
       **kwargs: keyword arguments for ``loss_fn``.
 
     Returns:
@@ -76,6 +103,8 @@ def make_value_and_grad_fns(
     """
 
     def value_fn(params: Any) -> Any:
+        if full_params is not None:
+            params = _fill_masked(params, full_params)
         return _loss_only(loss_fn(params, *args, **kwargs), has_aux)
 
     return {"value_fn": value_fn, "grad_fn": jax.grad(value_fn)}

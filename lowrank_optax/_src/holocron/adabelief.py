@@ -162,7 +162,8 @@ def adabelief(
     """
     checks.learning_rate(learning_rate)
     checks.weight_decay(weight_decay)
-    return optax.chain(
+    return common.alias(
+        "adabelief",
         common.coupled_weight_decay(weight_decay),
         scale_by_adabelief(b1, b2, eps, eps_root, amsgrad=amsgrad),
         optax.scale_by_learning_rate(learning_rate),

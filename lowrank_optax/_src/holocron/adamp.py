@@ -170,7 +170,8 @@ def adamp(
     """
     checks.learning_rate(learning_rate)
     checks.weight_decay(weight_decay)
-    return optax.chain(
+    return common.alias(
+        "adamp",
         common.coupled_weight_decay(weight_decay),
         scale_by_adamp(b1, b2, eps, delta, amsgrad=amsgrad),
         optax.scale_by_learning_rate(learning_rate),

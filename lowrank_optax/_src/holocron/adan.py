@@ -178,7 +178,8 @@ def adan(
     """
     checks.learning_rate(learning_rate)
     checks.weight_decay(weight_decay)
-    return optax.chain(
+    return common.alias(
+        "adan",
         scale_by_adan(b1, b2, b3, eps, amsgrad=amsgrad),
         proximal_decay(weight_decay, learning_rate),
         optax.scale_by_learning_rate(learning_rate),

@@ -27,7 +27,8 @@ def scale_by_ademamix(
       b1: :math:`\beta_1 \in [0, 1)` (fast EMA, bias-corrected).
       b2: :math:`\beta_2 \in [0, 1)` (second moment, bias-corrected).
       b3: :math:`\beta_3 \in [0, 1)` (slow EMA, not bias-corrected) or a schedule.
-      alpha: Mixing weight :math:`\alpha` of the slow EMA, or a schedule.
+      alpha: Mixing weight :math:`\alpha \ge 0` of the slow EMA (NaN rejected), or
+        a schedule.
       eps: :math:`\epsilon \ge 0`.
 
     Returns:
@@ -36,6 +37,7 @@ def scale_by_ademamix(
     for name, value in (("b1", b1), ("b2", b2), ("b3", b3)):
         checks.beta(name, value)
     checks.eps(eps)
+    checks.nonnegative("alpha", alpha)
     return contrib.scale_by_ademamix(b1=b1, b2=b2, b3=b3, alpha=alpha, eps=eps, eps_root=0.0)
 
 
@@ -92,7 +94,7 @@ def ademamix(
       b1: :math:`\beta_1 \in [0, 1)`.
       b2: :math:`\beta_2 \in [0, 1)`.
       b3: :math:`\beta_3 \in [0, 1)` or a schedule.
-      alpha: Mixing weight :math:`\alpha` or a schedule.
+      alpha: Mixing weight :math:`\alpha \ge 0` (NaN rejected) or a schedule.
       eps: :math:`\epsilon \ge 0`.
       weight_decay: :math:`\lambda \ge 0`.
       decoupled_weight_decay: Decoupled (AdamW) instead of coupled (L2) decay.
@@ -133,4 +135,4 @@ def ademamix(
     direction = scale_by_ademamix(b1, b2, b3, alpha, eps)
     decay = common.coupled_weight_decay(weight_decay)
     steps = (direction, decay) if decoupled_weight_decay else (decay, direction)
-    return optax.chain(*steps, optax.scale_by_learning_rate(learning_rate))
+    return common.alias("ademamix", *steps, optax.scale_by_learning_rate(learning_rate))

@@ -49,6 +49,11 @@ def positive(name: str, value: Any) -> None:
     _prefixed(f"Invalid {name} value", validation.check_positive, name, value)
 
 
+def unit_interval(name: str, value: Any) -> None:
+    """``0 <= value <= 1`` with holocron's ``Invalid <name> value`` wording."""
+    _prefixed(f"Invalid {name} value", validation.check_range, name, value, low=0.0, high=1.0)
+
+
 def scale_clip(value: Any) -> tuple[Any, Any]:
     """Returns ``(lo, hi)``; ``None`` means holocron's default ``(0.0, 10.0)``."""
     if value is None:

@@ -11,6 +11,8 @@
   zero-safe division when ``eps`` may be zero. AMSGrad's maximum is
   :func:`adam_in_basis.amsgrad_max`; the moment updates are
   :func:`optax.tree.update_moment` / :func:`adam_in_basis.ema`.
+* :func:`alias` -- an alias's chain, computed in float32 for float16 leaves
+  (:func:`numerics.float16_in_float32`).
 """
 
 from typing import Any
@@ -21,8 +23,8 @@ import optax
 
 from lowrank_optax._src import validation
 from lowrank_optax._src.adam_in_basis import adam_direction, scale_by_adam_in_basis
+from lowrank_optax._src.numerics import float16_in_float32, working_dtype
 from lowrank_optax._src.numerics import safe_div as safe_div
-from lowrank_optax._src.numerics import working_dtype
 
 
 def tree_scalar_dtype(tree: Any) -> jnp.dtype:
@@ -110,3 +112,10 @@ def coupled_weight_decay(weight_decay: Any) -> optax.GradientTransformation:
     if is_zero_constant(weight_decay):
         return optax.identity()
     return optax.add_decayed_weights(weight_decay)
+
+
+def alias(name: str, *steps: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+    """``optax.chain(*steps)`` as the alias ``lowrank.<name>``: float16 leaves are
+    computed in float32 and non-floating parameters raise
+    (:func:`numerics.float16_in_float32`)."""
+    return float16_in_float32(optax.chain(*steps), f"lowrank.{name}")

@@ -144,7 +144,8 @@ def lamb(
       Fernandez, `Holocron <https://github.com/frgfm/Holocron>`_ (``holocron.optim.LAMB``)
     """
     checks.learning_rate(learning_rate)
-    return optax.chain(
+    return common.alias(
+        "lamb",
         scale_by_lamb(b1, b2, eps, weight_decay, scale_clip),
         optax.scale_by_learning_rate(learning_rate),
     )

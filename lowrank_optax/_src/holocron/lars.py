@@ -129,7 +129,7 @@ def lars(
     Args:
       learning_rate: Global learning rate or schedule :math:`\alpha_t \ge 0`.
       momentum: Momentum factor :math:`\mu \ge 0`.
-      dampening: Dampening :math:`\tau` of the momentum input.
+      dampening: Dampening :math:`\tau \in [0, 1]` of the momentum input.
       weight_decay: L2 penalty :math:`\lambda \ge 0` (added to the gradient).
       trust_coefficient: :math:`\eta > 0`, multiplies the trust ratio.
       scale_clip: ``(lo, hi)`` bounds of the weight norm in the trust ratio;
@@ -169,7 +169,8 @@ def lars(
       Fernandez, `Holocron <https://github.com/frgfm/Holocron>`_ (``holocron.optim.LARS``)
     """
     checks.learning_rate(learning_rate)
-    return optax.chain(
+    return common.alias(
+        "lars",
         scale_by_lars_trust_ratio(weight_decay, trust_coefficient, scale_clip),
         optax.scale_by_learning_rate(learning_rate),
         trace_dampened(momentum, dampening, nesterov=nesterov),

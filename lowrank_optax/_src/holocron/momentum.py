@@ -34,7 +34,8 @@ def trace_dampened(
 
     Args:
       momentum: Momentum factor :math:`\mu \ge 0`.
-      dampening: Dampening :math:`\tau` of the incoming update.
+      dampening: Dampening :math:`\tau \in [0, 1]` of the incoming update
+        (:math:`\tau > 1` would flip the step's sign).
       nesterov: Whether to emit the Nesterov look-ahead; requires
         :math:`\mu > 0` and :math:`\tau = 0`.
 
@@ -42,8 +43,8 @@ def trace_dampened(
       The corresponding :class:`optax.GradientTransformation`.
 
     Raises:
-      ValueError: if ``momentum < 0``, or ``nesterov`` with ``momentum <= 0`` or
-        ``dampening != 0``.
+      ValueError: if ``momentum < 0``, ``dampening`` is outside ``[0, 1]``, or
+        ``nesterov`` with ``momentum <= 0`` or ``dampening != 0``.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -58,6 +59,7 @@ def trace_dampened(
       [0.875 0.875]
     """
     checks.nonnegative("momentum", momentum)
+    checks.unit_interval("dampening", dampening)
     checks.nesterov(nesterov, momentum, dampening)
     inner = optax.trace(decay=momentum, nesterov=nesterov)
     if common.is_zero_constant(dampening):

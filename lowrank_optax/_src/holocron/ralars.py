@@ -181,7 +181,8 @@ def ralars(
       Fernandez, `Holocron <https://github.com/frgfm/Holocron>`_ (``holocron.optim.RaLars``)
     """
     checks.learning_rate(learning_rate)
-    return optax.chain(
+    return common.alias(
+        "ralars",
         scale_by_ralars(
             b1, b2, eps, weight_decay, scale_clip, force_adaptive_momentum=force_adaptive_momentum
         ),

@@ -206,7 +206,8 @@ def tadam(
     """
     checks.learning_rate(learning_rate)
     checks.weight_decay(weight_decay)
-    return optax.chain(
+    return common.alias(
+        "tadam",
         common.coupled_weight_decay(weight_decay),
         scale_by_tadam(b1, b2, eps, dof, amsgrad=amsgrad),
         optax.scale_by_learning_rate(learning_rate),
