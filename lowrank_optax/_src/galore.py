@@ -12,6 +12,7 @@ import optax
 from lowrank_optax._src import validation as v
 from lowrank_optax._src.adam_in_basis import scale_by_adam_in_basis
 from lowrank_optax._src.keras_extras import keras_preprocessing, keras_wrappers
+from lowrank_optax._src.numerics import float16_in_float32
 from lowrank_optax._src.project_lowrank import project_lowrank
 from lowrank_optax._src.projectors import ProjectorArg
 from lowrank_optax._src.subspace import DimsArg, MaskArg
@@ -54,7 +55,7 @@ def galore_adamw(
     weight_decay: jax.typing.ArrayLike = 0.0,
     *,
     rank: int,
-    update_proj_gap: int = 200,
+    update_proj_gap: int | None = None,
     scale: jax.typing.ArrayLike = 1.0,
     proj_type: str = "std",
     on_refresh: str = "keep",
@@ -103,13 +104,28 @@ def galore_adamw(
     ``loss_scale_factor`` → :func:`optax.scale` by its inverse,
     ``gradient_accumulation_steps`` → :class:`optax.MultiSteps`.
 
-    Static arguments for :func:`optax.inject_hyperparams`: ``rank``,
-    ``update_proj_gap``, ``proj_type``, ``on_refresh``, ``dimension_numbers``,
-    ``mask``, ``weight_decay_mask``, ``gradient_accumulation_steps``,
-    ``ema_overwrite_frequency``, ``use_ema`` (``projector`` objects and strings
-    pass through as static values whether listed or not).
-    ``learning_rate``, ``b1``, ``b2``, ``eps``, ``weight_decay`` and ``scale`` are
-    injectable.
+    Static arguments for :func:`optax.inject_hyperparams`: ``rank`` and, when
+    passed, the integers ``update_proj_gap``, ``gradient_accumulation_steps``,
+    ``ema_overwrite_frequency`` (their ``None`` defaults need no listing) and
+    ``dimension_numbers``, ``mask``, ``weight_decay_mask`` when they are
+    callables. Strings, booleans and :class:`Projector` objects pass through as
+    static values whether listed or not. ``learning_rate``, ``b1``, ``b2``,
+    ``eps``, ``weight_decay``, ``scale`` and the Keras scalars are injectable.
+    With bfloat16 parameters pass ``hyperparam_dtype=jnp.float32`` to
+    :func:`optax.inject_hyperparams` (it casts hyperparameters to the parameters'
+    dtype, where ``b2=0.999`` rounds to 1.0; the constructor rejects that).
+
+    Edge cases: float16 parameters are computed in float32 (state, moments and
+    the update; the update is cast back to float16), because float16 cannot hold
+    Adam's second moment (:math:`(1-\beta_2)g^2` underflows for small
+    gradients); integer or boolean parameters raise. A NaN/Inf gradient gives a
+    NaN update (as :func:`optax.adamw`; wrap in :func:`optax.apply_if_finite` to
+    skip such steps). A huge *finite* gradient (e.g. ``1e30``) overflows the
+    second moment to ``inf``; every later update is then exactly 0 and
+    :func:`optax.apply_if_finite` does not notice (the update is finite). Clip
+    the gradient first: ``global_clipnorm=1.0`` (or
+    ``optax.chain(optax.clip_by_global_norm(1.0), tx)``) turns such a step into
+    a zero gradient and training continues.
 
     Memory: per projected :math:`m\times n` leaf, ``proj_type='std'`` keeps
     :math:`r\min(m,n) + 2r\max(m,n)` numbers instead of AdamW's :math:`2mn`.
@@ -121,7 +137,7 @@ def galore_adamw(
       eps: :math:`\epsilon` (galore-torch default 1e-6; the paper states 1e-8).
       weight_decay: decoupled weight decay :math:`\lambda \geq 0`.
       rank: projection rank :math:`r \geq 1`.
-      update_proj_gap: refresh period :math:`T \geq 1`.
+      update_proj_gap: refresh period :math:`T \geq 1` (``None``: 200).
       scale: GaLore scale :math:`\alpha > 0`.
       proj_type: projection side (see :func:`galore`).
       on_refresh: ``'keep'`` (galore-torch), ``'reset'`` or ``'reproject'``.
@@ -196,10 +212,11 @@ def galore_adamw(
     if not (isinstance(weight_decay, (int, float, np.number)) and weight_decay == 0):
         pieces.append(decay_weights_after_update(weight_decay, learning_rate, weight_decay_mask))
     pieces.append(optax.scale_by_learning_rate(learning_rate))
-    return keras_wrappers(
+    tx = keras_wrappers(
         optax.chain(*pieces),
         use_ema=use_ema,
         ema_momentum=ema_momentum,
         ema_overwrite_frequency=ema_overwrite_frequency,
         gradient_accumulation_steps=gradient_accumulation_steps,
     )
+    return float16_in_float32(tx, "lowrank.galore_adamw")

@@ -24,7 +24,7 @@ import optax
 
 from lowrank_optax._src import validation as v
 from lowrank_optax._src.adam_in_basis import scale_by_adam_in_basis
-from lowrank_optax._src.numerics import working_dtype
+from lowrank_optax._src.numerics import float16_in_float32, working_dtype
 from lowrank_optax._src.project_lowrank import Subspace, project_lowrank
 from lowrank_optax._src.projectors import ProjectorArg, randomized_projector
 from lowrank_optax._src.subspace import DimsArg, MaskArg
@@ -43,6 +43,19 @@ FULL = "full"
 LeafKind = Subspace | str | None
 
 
+class _NoSubspace:
+    """Type of :data:`NO_SUBSPACE`."""
+
+    def __repr__(self) -> str:
+        return "NO_SUBSPACE"
+
+
+# Default of ``zo_sam_perturb``'s ``subspace`` extra argument: "not run inside
+# project_lowrank". Not ``None``, which is the wrapper's subspace tree of a
+# bare-array parameter that is not projected.
+NO_SUBSPACE = _NoSubspace()
+
+
 class ZoSamPerturbState(NamedTuple):
     """State of :func:`zo_sam_perturb`.
 
@@ -57,17 +70,24 @@ def _coord_shape(kind: LeafKind, leaf: jax.Array) -> tuple[int, ...]:
     return kind.coord_shape if isinstance(kind, Subspace) else tuple(jnp.shape(leaf))
 
 
-def leaf_kinds(params: Any, subspace: Any | None, *, perturb_unprojected: bool) -> list[LeafKind]:
-    """Probe kind of every leaf of ``params`` (see the module constants)."""
-    n_leaves = len(jax.tree.leaves(params))
-    if subspace is None:
-        return [FULL] * n_leaves
-    subs = jax.tree.leaves(subspace, is_leaf=lambda x: x is None or isinstance(x, Subspace))
-    if len(subs) != n_leaves:
+def leaf_kinds(params: Any, subspace: Any, *, perturb_unprojected: bool) -> list[LeafKind]:
+    """Probe kind of every leaf of ``params`` (see the module constants).
+
+    ``subspace`` is :data:`NO_SUBSPACE` when the transformation runs outside
+    :func:`project_lowrank` (every leaf gets a full-space probe), else the tree
+    the wrapper passes: a :class:`Subspace` or ``None`` per leaf of ``params``
+    (a bare-array ``params`` whose leaf is not projected gives ``None`` itself).
+    """
+    treedef = jax.tree.structure(params)
+    if subspace is NO_SUBSPACE:
+        return [FULL] * treedef.num_leaves
+    try:
+        subs = treedef.flatten_up_to(subspace)
+    except (ValueError, TypeError) as err:
         raise ValueError(
             "`subspace` must have one entry (a lowrank.Subspace or None) per parameter "
-            f"leaf: got {len(subs)} entries for {n_leaves} leaves."
-        )
+            f"leaf, with the structure of the parameters ({treedef}); got {subspace!r}."
+        ) from err
     unprojected = FULL if perturb_unprojected else None
     return [s if isinstance(s, Subspace) else unprojected for s in subs]
 
@@ -218,12 +238,40 @@ def _check_loss_fns(value_fn: Any, grad_fn: Any) -> None:
         raise TypeError(f"`grad_fn` must be callable (params -> grads), got {grad_fn!r}.")
 
 
+def _is_masked_node(x: Any) -> bool:
+    return isinstance(x, optax.MaskedNode)
+
+
+def _check_masked(value_fn: Callable[[Any], Any], params: Any) -> None:
+    """A clear error when ``optax.masked`` hid leaves that ``value_fn`` needs.
+
+    Inside :func:`optax.masked` / :func:`optax.multi_transform` the parameters
+    arrive with :class:`optax.MaskedNode` placeholders; ``value_fn`` is traced
+    once abstractly on them (trace time only) and, if it fails, the error says
+    how to give it the full parameters.
+    """
+    if not any(_is_masked_node(x) for x in jax.tree.leaves(params, is_leaf=_is_masked_node)):
+        return
+    try:
+        jax.eval_shape(value_fn, params)
+    except Exception as err:  # noqa: BLE001 - any failure on placeholders gets the hint
+        raise ValueError(
+            "lowrank.zo_sam_perturb / lowrank.lorenza runs inside optax.masked (or "
+            "optax.multi_transform): its parameters hold optax.MaskedNode placeholders "
+            "for the leaves it does not own, and `value_fn` failed on them. The loss needs "
+            "the full parameters: build the closures with "
+            "lowrank.make_value_and_grad_fns(loss_fn, *batch, full_params=params), whose "
+            "value_fn fills the placeholders from `params`; or do not mask the optimizer "
+            "and choose the projected leaves with its `mask=` argument."
+        ) from err
+
+
 def zo_sam_perturb(
     rho: jax.typing.ArrayLike = 0.05,
     mu: jax.typing.ArrayLike = 1e-3,
-    num_probes: int = 1,
+    num_probes: int | None = None,
     *,
-    seed: int = 0,
+    seed: int | None = None,
     perturb_unprojected: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Zeroth-order SAM: gradient at a perturbation found by forward passes only.
@@ -285,8 +333,10 @@ def zo_sam_perturb(
     :math:`\hat G` and its norm are computed in at least float32. The output is
     cast to the dtypes of ``updates``.
 
-    Static arguments for :func:`optax.inject_hyperparams`: ``num_probes``,
-    ``seed``, ``perturb_unprojected``; ``rho`` and ``mu`` are injectable.
+    Static arguments for :func:`optax.inject_hyperparams`: ``num_probes`` and
+    ``seed`` when passed (their ``None`` defaults need no listing; booleans such
+    as ``perturb_unprojected`` are static anyway); ``rho`` and ``mu`` are
+    injectable.
 
     Library's choices (no official code exists): the probe distribution (full
     Gaussian in low-rank coordinates), the plus sign, global normalisation, the
@@ -305,13 +355,16 @@ def zo_sam_perturb(
     .. warning::
       With bf16/f16 parameters a perturbation :math:`\mu\Delta` with
       :math:`\mu = 10^{-3}` is close to the dtype's resolution, so the finite
-      differences are coarse; use a larger ``mu`` with low-precision parameters.
+      differences are coarse; use a larger ``mu`` with low-precision parameters
+      (:func:`lorenza` computes float16 leaves in float32, bf16 ones as is).
 
     Args:
       rho: SAM radius :math:`\rho \geq 0`.
       mu: finite-difference step :math:`\mu > 0`.
-      num_probes: number :math:`q \geq 1` of random directions per step.
-      seed: seed of the probe PRNG key kept in the state.
+      num_probes: number :math:`q \geq 1` of random directions per step
+        (``None``: 1).
+      seed: seed :math:`\geq 0` of the probe PRNG key kept in the state
+        (``None``: 0).
       perturb_unprojected: with a ``subspace``, also perturb unprojected leaves
         (full-shape Gaussians); without one every leaf is perturbed anyway.
 
@@ -362,8 +415,8 @@ def zo_sam_perturb(
             )
     v.check_nonnegative("rho", rho)
     v.check_positive("mu", mu)
-    num_probes = v.check_int("num_probes", num_probes, minimum=1)
-    seed = v.check_int("seed", seed, minimum=0)
+    num_probes = v.check_optional_int("num_probes", num_probes, minimum=1, default=1)
+    seed = v.check_optional_int("seed", seed, minimum=0, default=0)
     if not isinstance(perturb_unprojected, bool):
         raise ValueError(
             f"`perturb_unprojected` must be a bool (True or False), got {perturb_unprojected!r}."
@@ -381,12 +434,13 @@ def zo_sam_perturb(
         *,
         value_fn: Callable[[Any], Any] | None = None,
         grad_fn: Callable[[Any], Any] | None = None,
-        subspace: Any | None = None,
+        subspace: Any = NO_SUBSPACE,
         **extra_args: Any,
     ) -> tuple[optax.Updates, ZoSamPerturbState]:
         del extra_args
         _check_loss_fns(value_fn, grad_fn)
         v.require_params(params)
+        _check_masked(value_fn, params)
         key, step_key = jax.random.split(state.key)
         kinds = leaf_kinds(params, subspace, perturb_unprojected=perturb_unprojected)
         point = params
@@ -415,18 +469,18 @@ def lorenza(
     weight_decay: jax.typing.ArrayLike = 0.0,
     *,
     rank: int,
-    update_proj_gap: int = 200,
+    update_proj_gap: int | None = None,
     scale: jax.typing.ArrayLike = 1.0,
     rho: jax.typing.ArrayLike = 0.05,
     mu: jax.typing.ArrayLike = 1e-3,
-    num_probes: int = 1,
+    num_probes: int | None = None,
     projector: ProjectorArg = LORENZA_PROJECTOR,
     proj_type: str = "std",
     on_refresh: str = "keep",
     dimension_numbers: DimsArg = None,
     mask: MaskArg = None,
     perturb_unprojected: bool = False,
-    seed: int = 0,
+    seed: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""LORENZA: zeroth-order SAM and Adam in a randomized low-rank gradient subspace.
 
@@ -494,12 +548,28 @@ def lorenza(
     ``jax.lax.cond(step % update_proj_gap == 0, ...)`` and pass zeros otherwise.
     With ``rho=0`` the update is exactly GaLore-Adam with the same projector.
 
-    Static arguments for :func:`optax.inject_hyperparams`: ``rank``,
-    ``update_proj_gap``, ``num_probes``, ``proj_type``, ``on_refresh``,
-    ``perturb_unprojected``, ``dimension_numbers``, ``mask``, ``seed``
-    (``projector`` objects pass through as static values whether listed or
-    not). ``learning_rate``, ``b1``, ``b2``, ``eps``, ``weight_decay``, ``rho``,
-    ``mu`` and ``scale`` are injectable.
+    Static arguments for :func:`optax.inject_hyperparams`: ``rank`` and, when
+    passed, the integers ``update_proj_gap``, ``num_probes``, ``seed`` (their
+    ``None`` defaults need no listing) and ``dimension_numbers`` / ``mask`` when
+    they are callables. Strings, booleans and :class:`Projector` objects pass
+    through as static values whether listed or not. ``learning_rate``, ``b1``,
+    ``b2``, ``eps``, ``weight_decay``, ``rho``, ``mu`` and ``scale`` are
+    injectable (with bfloat16 parameters pass ``hyperparam_dtype=jnp.float32``,
+    see :func:`galore_adamw`).
+
+    Edge cases: a bare-array ``params`` (or any tree) with nothing projected and
+    ``perturb_unprojected=False`` is not perturbed at all, and the step equals
+    :func:`galore_adamw`'s bit for bit; ``None`` leaves are skipped. Inside
+    :func:`optax.masked` / :func:`optax.multi_transform` the parameters hold
+    :class:`optax.MaskedNode` placeholders: build ``value_fn``/``grad_fn`` with
+    ``make_value_and_grad_fns(..., full_params=params)`` so that the loss sees
+    the full parameters (a ``value_fn`` that fails on the placeholders raises a
+    ``ValueError`` saying so). float16 parameters are computed in float32 (the
+    state, the probes and ``value_fn``/``grad_fn``'s argument are float32; the
+    update is cast back to float16); integer parameters raise. A NaN/Inf
+    gradient gives a NaN update; a huge finite gradient (e.g. ``1e30``)
+    overflows Adam's second moment to ``inf`` and freezes every later update at
+    exactly 0: put :func:`optax.clip_by_global_norm` before the optimizer.
 
     Defaults: every default is the **library's choice** (no official code and no
     stated defaults exist): ``update_proj_gap=200`` (GaLore),
@@ -526,11 +596,12 @@ def lorenza(
       eps: :math:`\epsilon`, added to :math:`\sqrt{V}` before bias correction.
       weight_decay: decoupled weight decay :math:`\lambda \geq 0`.
       rank: rank :math:`r \geq 1` of the subspace (clipped per leaf).
-      update_proj_gap: refresh period :math:`T \geq 1`.
+      update_proj_gap: refresh period :math:`T \geq 1` (``None``: 200).
       scale: factor :math:`\alpha > 0` on back-projected updates.
       rho: SAM radius :math:`\rho \geq 0` (``0`` gives randomized GaLore-Adam).
       mu: finite-difference step :math:`\mu > 0`.
-      num_probes: number :math:`q \geq 1` of probe directions per step.
+      num_probes: number :math:`q \geq 1` of probe directions per step
+        (``None``: 1).
       projector: how bases are computed (a :class:`Projector` or ``'svd'`` /
         ``'randomized'``); default ``randomized_projector(oversampling=0,
         power_iterations=0)``, whose own ``seed`` seeds the sketches.
@@ -540,8 +611,8 @@ def lorenza(
       dimension_numbers: leaf selection / N-D views (see :func:`project_lowrank`).
       mask: extra leaf selection (see :func:`project_lowrank`).
       perturb_unprojected: also perturb unprojected leaves (full-shape probes).
-      seed: seed of the probes' PRNG key (a stream distinct from the projector's
-        even when both seeds are equal).
+      seed: seed :math:`\geq 0` of the probes' PRNG key (``None``: 0; a stream
+        distinct from the projector's even when both seeds are equal).
 
     Returns:
       The corresponding :class:`optax.GradientTransformationExtraArgs`.
@@ -579,7 +650,7 @@ def lorenza(
     v.check_beta("b2", b2)
     v.check_nonnegative("eps", eps)
     v.check_nonnegative("weight_decay", weight_decay)
-    return optax.chain(
+    tx = optax.chain(
         project_lowrank(
             scale_by_adam_in_basis(b1, b2, eps, eps_mode="galore"),
             rank=rank,
@@ -597,3 +668,4 @@ def lorenza(
         decay_weights_after_update(weight_decay, learning_rate),
         optax.scale_by_learning_rate(learning_rate),
     )
+    return float16_in_float32(tx, "lowrank.lorenza")
