@@ -569,7 +569,10 @@ def lorenza(
     update is cast back to float16); integer parameters raise. A NaN/Inf
     gradient gives a NaN update; a huge finite gradient (e.g. ``1e30``)
     overflows Adam's second moment to ``inf`` and freezes every later update at
-    exactly 0: put :func:`optax.clip_by_global_norm` before the optimizer.
+    exactly 0. Adam sees what ``grad_fn`` returns (a clip chained before
+    ``lorenza`` only reaches the basis refreshes), so clip there:
+    ``clip = optax.clip_by_global_norm(1.0)`` and
+    ``grad_fn = lambda p: clip.update(jax.grad(loss)(p), clip.init(p))[0]``.
 
     Defaults: every default is the **library's choice** (no official code and no
     stated defaults exist): ``update_proj_gap=200`` (GaLore),
