@@ -142,9 +142,9 @@ def main(argv: list[str] | None = None) -> None:
         f"rank {r}, gap {gap}\n"
     )
 
-    def gal(proj_type: str, projector: str, gap: int, **kw: int) -> optax.GradientTransformation:
+    def gal(proj_type: str, projector: Any, gap: int) -> optax.GradientTransformation:
         return lowrank.galore_adamw(
-            lr, rank=r, update_proj_gap=gap, proj_type=proj_type, projector=projector, **kw
+            lr, rank=r, update_proj_gap=gap, proj_type=proj_type, projector=projector
         )
 
     normal: list[Any] = [
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
         Candidate("galore_adamw randomized q=1", gal("std", "randomized", 1), params, grads),
         Candidate(
             "galore_adamw randomized q=0",
-            gal("std", "randomized", 1, power_iterations=0),
+            gal("std", lowrank.randomized_projector(power_iterations=0), 1),
             params,
             grads,
         ),
