@@ -153,9 +153,9 @@ def _after(x: jax.Array, previous: jax.Array) -> jax.Array:
 def quantize_state(
     inner: optax.GradientTransformation,
     *,
-    bits: int = 8,
-    block_size: int = 256,
-    min_size: int = 4096,
+    bits: int | None = None,
+    block_size: int | None = None,
+    min_size: int | None = None,
     nonnegative: Callable[[str, jax.Array], bool | None] | None = None,
     mask: Callable[[str, jax.Array], bool] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -214,14 +214,21 @@ def quantize_state(
     (tx.init)`` on an Explicit mesh produces this layout and
     :func:`state_sharding` returns it.
 
+    Static arguments for :func:`optax.inject_hyperparams`: ``bits``,
+    ``block_size``, ``min_size`` when passed (their ``None`` defaults need no
+    listing) and ``nonnegative`` / ``mask`` (callables, which it would otherwise
+    take for schedules); ``inner`` passes through as a static value.
+
     Args:
       inner: the transformation whose state is stored quantized (anything with
         ``init`` and ``update``; its ``update`` receives the extra arguments).
       bits: bits per code; 8 (the only width implemented: codes are stored one
-        per byte).
-      block_size: elements per block (``>= 1``); smaller blocks are more accurate
-        and cost ``4/block_size`` bytes of scale per element (float32).
-      min_size: leaves with fewer elements stay unquantized (``>= 0``).
+        per byte; ``None``: 8).
+      block_size: elements per block (``>= 1``; ``None``: 256); smaller blocks
+        are more accurate and cost ``4/block_size`` bytes of scale per element
+        (float32).
+      min_size: leaves with fewer elements stay unquantized (``>= 0``; ``None``:
+        4096).
       nonnegative: optional ``f(path, leaf) -> bool | None`` called at ``init``
         for each leaf to be quantized (``path`` is its ``jax.tree_util.keystr``
         in ``inner``'s state, e.g. ``"[0].nu['w']"``): ``True`` selects the
@@ -276,15 +283,11 @@ def quantize_state(
       axes rather than the flattened tensor, and the signed map leaves one code
       unused. Codes are therefore not interchangeable with bitsandbytes'.
     """
-    if not (callable(getattr(inner, "init", None)) and callable(getattr(inner, "update", None))):
-        raise TypeError(
-            "`inner` must be an optax transformation (with `init` and `update`), got "
-            f"{type(inner).__name__}."
-        )
-    if isinstance(bits, bool) or bits != BITS:
+    v.check_transformation("inner", inner)
+    if v.check_optional_int("bits", bits, default=BITS) != BITS:
         raise ValueError(f"`bits` must be 8 (one code per byte), got {bits!r}.")
-    block_size = v.check_int("block_size", block_size, minimum=1)
-    min_size = v.check_int("min_size", min_size, minimum=0)
+    block_size = v.check_optional_int("block_size", block_size, default=256)
+    min_size = v.check_optional_int("min_size", min_size, minimum=0, default=4096)
     inner = optax.with_extra_args_support(inner)
 
     def selected(path: str, x: Any) -> bool:
