@@ -85,7 +85,13 @@ TABLE = {
     "scale_by_adam_in_basis": (
         lowrank.scale_by_adam_in_basis,
         {},
-        {**BETAS, **EPS, "eps_root": [-1.0], "amsgrad_decay": [1.5, NAN]},
+        {
+            **BETAS,
+            **EPS,
+            "eps_root": [-1.0],
+            "amsgrad_decay": [1.5, NAN],
+            "mu_dtype": ["foo", jnp.int32],
+        },
     ),
     "lre": (
         lowrank.lre,
@@ -309,8 +315,8 @@ INJECT = {
     "zo_sam_perturb": (lowrank.zo_sam_perturb, {}, ()),
     "scale_by_adam_in_basis": (
         lowrank.scale_by_adam_in_basis,
-        dict(amsgrad_decay=0.5, eps_mode="galore"),
-        (),
+        dict(amsgrad_decay=0.5, eps_mode="galore", mu_dtype=jnp.bfloat16),
+        ("mu_dtype",),
     ),
     "lre": (lowrank.lre, dict(learning_rate=1e-2, basis=lowrank.bases.ggt(3)), ()),
     "eigenbasis_update": (

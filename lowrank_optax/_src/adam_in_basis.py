@@ -23,7 +23,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from optax._src import utils as optax_utils  # canonicalize_dtype: no public equivalent
 
 from lowrank_optax._src import validation as v
 from lowrank_optax._src.basis_rotation import (
@@ -229,12 +228,17 @@ def scale_by_adam_in_basis(
     With ``amsgrad_decay`` :math:`a`, :math:`V_{max} \leftarrow \max(a V_{max}, V)`
     replaces :math:`V` in the denominator and is rotated like :math:`V`.
 
+    Static args for :func:`optax.inject_hyperparams`: ``mu_dtype`` when passed (a
+    dtype is callable, so it would be taken for a schedule); the strings
+    ``eps_mode`` and ``nu_reproject`` pass through as static values; ``b1``,
+    ``b2``, ``eps``, ``eps_root`` and ``amsgrad_decay`` are injectable.
+
     Args:
       b1: decay rate of the first moment.
       b2: decay rate of the second moment.
       eps: term added to the denominator (outside the square root).
       eps_root: term added inside the square root (``eps_mode='optax'`` only).
-      mu_dtype: optional dtype of the first moment.
+      mu_dtype: optional (real floating-point) dtype of the first moment.
       eps_mode: ``'optax'`` (as :func:`optax.scale_by_adam`) or ``'galore'`` (eps
         added to the un-bias-corrected :math:`\sqrt{V}`, as galore-torch).
       nu_reproject: ``'squared'`` rotates :math:`V` with :math:`C\circ C`;
@@ -273,7 +277,7 @@ def scale_by_adam_in_basis(
     v.check_choice("nu_reproject", nu_reproject, NU_REPROJECT)
     if amsgrad_decay is not None:
         v.check_range("amsgrad_decay", amsgrad_decay, low=0.0, high=1.0)
-    mu_dtype = optax_utils.canonicalize_dtype(mu_dtype)
+    mu_dtype = v.check_float_dtype("mu_dtype", mu_dtype)
 
     def init_fn(params: optax.Params) -> ScaleByAdamInBasisState:
         mu = optax.tree.zeros_like(params, dtype=mu_dtype)

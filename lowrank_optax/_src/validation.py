@@ -190,6 +190,22 @@ def check_transformation(name: str, value: Any, *, example: str = "optax.adam(1e
     )
 
 
+def check_float_dtype(name: str, value: Any) -> Any:
+    """Checks that ``value`` is ``None`` or a real floating-point dtype; returns it canonical."""
+    if value is None:
+        return None
+    try:
+        dtype = jnp.dtype(value)
+    except TypeError:
+        dtype = None
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(
+            f"`{name}` must be None or a real floating-point dtype (e.g. jnp.float32, "
+            f"jnp.bfloat16), got {value!r}."
+        )
+    return jax.dtypes.canonicalize_dtype(dtype)  # float64 -> float32 unless x64
+
+
 def check_floating(tree: Any, what: str, who: str) -> None:
     """Raises ``ValueError`` if a leaf of ``tree`` is not a real floating-point array.
 

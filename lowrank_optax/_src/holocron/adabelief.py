@@ -29,6 +29,9 @@ def scale_by_adabelief(
 ) -> optax.GradientTransformation:
     r"""AdaBelief direction (see :func:`adabelief` for the formulas).
 
+    Static args for :func:`optax.inject_hyperparams`: ``amsgrad`` (a boolean, static
+    anyway); the rest is injectable.
+
     Args:
       b1: :math:`\beta_1 \in [0, 1)`.
       b2: :math:`\beta_2 \in [0, 1)`.

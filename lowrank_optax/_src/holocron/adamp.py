@@ -54,6 +54,9 @@ def scale_by_adamp(
     updates, so a weight decay added before this transform (as :func:`adamp`
     does) enters it.
 
+    Static args for :func:`optax.inject_hyperparams`: ``amsgrad`` (a boolean, static
+    anyway); the rest is injectable.
+
     Args:
       b1: :math:`\beta_1 \in [0, 1)`.
       b2: :math:`\beta_2 \in [0, 1)`.

@@ -32,6 +32,9 @@ def scale_by_adan(
 ) -> optax.GradientTransformation:
     r"""Adan direction (see :func:`adan` for the formulas).
 
+    Static args for :func:`optax.inject_hyperparams`: ``amsgrad`` (a boolean, static
+    anyway); the rest is injectable.
+
     Args:
       b1: :math:`\beta_1 \in [0, 1)` (gradient EMA).
       b2: :math:`\beta_2 \in [0, 1)` (gradient-difference EMA and Nesterov factor).

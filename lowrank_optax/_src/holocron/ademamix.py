@@ -23,6 +23,9 @@ def scale_by_ademamix(
     (``alpha = 5``) and validation. The state is
     :class:`optax.contrib.ScaleByAdemamixState`.
 
+    Static args for :func:`optax.inject_hyperparams`: none (every argument is
+    injectable; ``b3`` and ``alpha`` also accept schedules).
+
     Args:
       b1: :math:`\beta_1 \in [0, 1)` (fast EMA, bias-corrected).
       b2: :math:`\beta_2 \in [0, 1)` (second moment, bias-corrected).

@@ -31,6 +31,9 @@ def scale_by_lamb(
           \text{ or } \lVert u\rVert = 0)
       \end{align*}
 
+    Static args for :func:`optax.inject_hyperparams`: none (``scale_clip``, a pair,
+    passes through as a static value; the rest is injectable).
+
     Args:
       b1: Decay of the first moment, in :math:`[0, 1)`.
       b2: Decay of the second moment, in :math:`[0, 1)`.

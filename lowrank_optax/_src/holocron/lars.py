@@ -36,6 +36,9 @@ def scale_by_lars_trust_ratio(
     :math:`g = 0`, :math:`d = \eta\, \theta` whatever :math:`\lambda` (clip
     inactive).
 
+    Static args for :func:`optax.inject_hyperparams`: none (``scale_clip``, a pair,
+    passes through as a static value; the rest is injectable).
+
     Args:
       weight_decay: :math:`\lambda \ge 0`, added to the gradient (L2).
       trust_coefficient: :math:`\eta > 0`.

@@ -32,6 +32,9 @@ def trace_dampened(
     :func:`optax.trace`. Dampening applies on every step (torch skips it on the
     first step, where its buffer is initialised to the raw update).
 
+    Static args for :func:`optax.inject_hyperparams`: none (``nesterov``, a boolean,
+    is static anyway; ``momentum`` and ``dampening`` are injectable).
+
     Args:
       momentum: Momentum factor :math:`\mu \ge 0`.
       dampening: Dampening :math:`\tau \in [0, 1]` of the incoming update

@@ -35,6 +35,9 @@ def proximal_decay(
     schedule is evaluated at this transform's own step count, which advances in
     lock-step with the one of ``scale_by_learning_rate``.
 
+    Static args for :func:`optax.inject_hyperparams`: none (``weight_decay`` and
+    ``learning_rate`` are injectable).
+
     Args:
       weight_decay: Decay strength :math:`\lambda \ge 0`.
       learning_rate: The learning rate :math:`\eta_t` (scalar or schedule).

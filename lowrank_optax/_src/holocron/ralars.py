@@ -47,6 +47,10 @@ def scale_by_ralars(
     uses a zero-safe division, so with :math:`\epsilon = 0` zero-gradient
     elements stay finite in both branches. See :func:`ralars` for the formulas.
 
+    Static args for :func:`optax.inject_hyperparams`: none (``scale_clip`` and the
+    boolean ``force_adaptive_momentum`` pass through as static values; the rest is
+    injectable).
+
     Args:
       b1: :math:`\beta_1 \in [0, 1)`.
       b2: :math:`\beta_2 \in [0, 1)`.

@@ -49,6 +49,9 @@ def scale_by_tadam(
 ) -> optax.GradientTransformation:
     r"""TAdam direction (see :func:`tadam` for the formulas).
 
+    Static args for :func:`optax.inject_hyperparams`: ``dof`` when passed (it
+    changes the state's structure); the boolean ``amsgrad`` is static anyway.
+
     Args:
       b1: :math:`\beta_1 \in (0, 1)`; sets :math:`W_0 = \beta_1/(1-\beta_1)`.
       b2: :math:`\beta_2 \in [0, 1)`.
