@@ -86,6 +86,29 @@ class HugeGradientTest(parameterized.TestCase):
         self.assertGreater(run(clip_grad_fn=True), 0.0)
 
 
+HOLOCRON = ("adabelief", "adamp", "adan", "ademamix", "lamb", "lars", "ralars", "tadam")
+
+
+class NonFiniteGradientTest(parameterized.TestCase):
+    """The holocron guide's statement: NaN in, NaN out; apply_if_finite skips."""
+
+    @parameterized.parameters(*HOLOCRON)
+    def test_nan_gradient_gives_nan_update_and_apply_if_finite_skips(self, name):
+        grads = {"w": PARAMS["w"].at[1, 2].set(jnp.nan), "b": PARAMS["b"]}
+        tx = getattr(lowrank, name)(1e-2)
+        u, _ = jax.jit(tx.update)(grads, tx.init(PARAMS), PARAMS)
+        self.assertTrue(np.isnan(u["w"][1, 2]))
+        self.assertTrue(np.all(np.isfinite(u["b"])))  # other leaves are untouched
+        safe = optax.apply_if_finite(getattr(lowrank, name)(1e-2), max_consecutive_errors=3)
+        state = safe.init(PARAMS)
+        u, state = jax.jit(safe.update)(grads, state, PARAMS)
+        self.assertEqual(_max_abs(u), 0.0)
+        self.assertEqual(int(state.notfinite_count), 1)
+        u, _ = jax.jit(safe.update)(PARAMS, state, PARAMS)
+        self.assertTrue(all(np.all(np.isfinite(x)) for x in jax.tree.leaves(u)))
+        self.assertGreater(_max_abs(u), 0.0)
+
+
 def _quadratic(p, target):
     # Gradients ~1e-3: (1 - b2) g^2 ~ 1e-9 underflows to 0 in float16.
     return 1e-3 * sum(
