@@ -25,6 +25,9 @@ def clip_by_leaf_norm(max_norm: jax.typing.ArrayLike) -> optax.GradientTransform
     Unlike :func:`optax.clip_by_global_norm` each leaf is clipped by its own norm;
     a zero leaf stays zero.
 
+    Static args for :func:`optax.inject_hyperparams`: none (``max_norm`` is
+    injectable).
+
     Args:
       max_norm: the largest allowed norm :math:`c > 0` of each leaf.
 
@@ -86,6 +89,9 @@ def param_ema(
     parameters become the EMA (Keras 3's ``ema_overwrite_frequency``). With
     ``None`` the parameters are never overwritten; read the average with
     :func:`ema_params`.
+
+    Static args for :func:`optax.inject_hyperparams`: ``overwrite_frequency`` when
+    passed (``inner`` passes through as a static value; ``momentum`` is injectable).
 
     Args:
       inner: the transformation producing the updates.

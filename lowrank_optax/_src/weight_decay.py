@@ -37,6 +37,10 @@ def decay_weights_after_update(
     exactly (the :math:`\eta^2\lambda u` term included). :math:`\eta_t` is
     evaluated at the same step as ``scale_by_learning_rate`` (own counter).
 
+    Static args for :func:`optax.inject_hyperparams`: ``mask`` when it is a
+    callable (it would be taken for a schedule); ``weight_decay`` and
+    ``learning_rate`` are injectable.
+
     Args:
       weight_decay: decay rate :math:`\lambda \geq 0`.
       learning_rate: the same learning rate (or schedule) given to
