@@ -324,6 +324,9 @@ def quantize_state(
                 continue
             choice = None if nonnegative is None else nonnegative(name, raw)
             unsigned = declared if choice is None else bool(choice)
+            # inner.init's leaves are usually constants (zeros): without the barrier
+            # XLA constant-folds the block maxima of jit(init), seconds per leaf.
+            raw = jax.lax.optimization_barrier(raw)
             out.append(quantize_blockwise(raw, signed=not unsigned, block_size=block_size))
         return treedef.unflatten(out)
 

@@ -170,8 +170,11 @@ def test_quantized_galore_inner_on_the_mesh():
     _assert_close(p, _single_device(tx)[0])
 
 
-@pytest.mark.parametrize("axis_type", [AxisType.Explicit, AxisType.Auto], ids=["explicit", "auto"])
-@pytest.mark.parametrize("make", [_adam, _galore], ids=["adam", "galore"])
+@pytest.mark.parametrize(
+    ("axis_type", "make"),
+    [(AxisType.Explicit, _adam), (AxisType.Auto, _galore)],
+    ids=["explicit-adam", "auto-galore"],
+)
 def test_sharded_orbax_roundtrip(axis_type, make, tmp_path):
     tx = make()
     mesh = _mesh(axis_type)
