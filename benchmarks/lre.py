@@ -13,10 +13,11 @@ megabytes.
 
 Usage::
 
-    OPENBLAS_NUM_THREADS=1 python benchmarks/lre.py [--rounds 7] [--reps 5] [--ranks 16 64 128]
+    python benchmarks/lre.py [--rounds 7] [--reps 5] [--ranks 16 64 128]
 
-JAX's CPU ``eigh`` calls SciPy's OpenBLAS LAPACK; on a shared machine its thread
-pool can stall ~100 ms per call, hence ``OPENBLAS_NUM_THREADS=1`` when timing.
+JAX's CPU ``eigh`` calls SciPy's OpenBLAS LAPACK; on a shared machine its default
+thread pool can stall ~100 ms per call; ``import lowrank_optax`` limits it to one
+thread (``docs/guides/cpu_threads.rst``), so no variable needs to be set.
 """
 
 from __future__ import annotations
