@@ -133,8 +133,9 @@ def main(argv: list[str] | None = None) -> None:
     params = make_params(shapes)
     grads = make_params(shapes, seed=1)
     r, gap, lr = args.rank, args.gap, 1e-3
-    # jaxlib's CPU LAPACK kernels run on scipy's OpenBLAS, whose idle threads
-    # spin against XLA's own: the setting changes every timing here (see the guide).
+    # jaxlib's CPU LAPACK kernels run on scipy's OpenBLAS, whose idle threads spin
+    # against XLA's own; import lowrank_optax limits it to one thread unless the
+    # environment sets a count (docs/guides/cpu_threads.rst).
     blas = os.environ.get("OPENBLAS_NUM_THREADS", "unset")
     print(
         f"jax {jax.__version__} on {jax.devices()[0].platform}; OPENBLAS_NUM_THREADS={blas}; "
