@@ -374,7 +374,10 @@ def zo_sam_perturb(
     Raises:
       ValueError: on invalid arguments at construction; at ``update`` when
         ``value_fn`` is missing, ``params`` is ``None``, ``value_fn`` does not
-        return a scalar, or ``grad_fn`` returns a tree unlike ``updates``.
+        return a scalar, ``grad_fn`` returns a tree unlike ``updates``, or
+        (inside :func:`optax.masked`) ``value_fn`` fails on the
+        :class:`optax.MaskedNode` placeholders (build it with
+        ``make_value_and_grad_fns(..., full_params=params)``).
       TypeError: at ``update`` when ``value_fn``/``grad_fn`` are not callable.
 
     Examples:

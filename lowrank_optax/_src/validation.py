@@ -1,10 +1,18 @@
 """Argument validation shared by every constructor in the library.
 
 Every check raises :class:`ValueError` whose message names the argument and the
-allowed values. Numeric checks only apply to concrete Python / NumPy scalars:
-schedules (callables) and traced values (for example under
-:func:`optax.inject_hyperparams`) are passed through unchecked, as
-``optax_conventions.md`` prescribes.
+allowed values (:func:`check_transformation`, a wrong kind of object, raises
+:class:`TypeError`). Numeric checks only apply to concrete scalars: schedules
+(callables) and traced values (for example under :func:`optax.inject_hyperparams`
+inside ``jit``) are passed through unchecked, as ``optax_conventions.md``
+prescribes. A concrete 0-d array is checked, and if it is bfloat16/float16 the
+message explains :func:`optax.inject_hyperparams`' cast to the parameters' dtype
+(``b2=0.999`` becomes 1.0 in bfloat16) and its fix, ``hyperparam_dtype=jnp.float32``.
+
+Structural integers of constructors default to ``None`` and are resolved with
+:func:`check_optional_int`'s ``default``: :func:`optax.inject_hyperparams` turns
+every numeric argument not listed in ``static_args``, defaults included, into an
+array, so only the structural arguments a caller passes need listing.
 """
 
 from __future__ import annotations
