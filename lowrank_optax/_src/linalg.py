@@ -50,19 +50,34 @@ def full_precision(fn: Callable[..., T]) -> Callable[..., T]:
 def _peak_signs(x: jax.Array) -> jax.Array:
     """``(..., 1, k)`` signs making each column's largest-magnitude entry positive.
 
-    Reductions only (no gather), so a column sharded along its rows is reduced
-    where it lies (partial maxima, then an ``r``-sized all-reduce): the first
-    largest-magnitude entry ``i*`` (first index on ties) is positive exactly when
-    it is also the first maximum of the column and that maximum is not negative. (If
-    ``x[i*] > 0`` no earlier entry reaches ``x[i*]``; if ``x[i*] < 0`` either a
-    larger entry exists or the column is constant and negative.) An all-zero
+    One variadic reduction over the rows, no gather: it keeps, for each column,
+    the entry that is largest in magnitude (the first index on ties; a NaN ranks
+    above every number, so a column holding one keeps ``+1``) together with its
+    value. A column sharded along its rows is therefore reduced where it lies
+    (partial results, then an all-reduce of ``k``-sized triples). An all-zero
     column keeps ``+1``: the sign never multiplies by zero.
     """
-    first_peak = jnp.argmax(jnp.abs(x), axis=-2, keepdims=True)
-    first_max = jnp.argmax(x, axis=-2, keepdims=True)
-    top = jnp.max(x, axis=-2, keepdims=True)
-    positive = (first_peak == first_max) & ~(top < 0)  # a NaN column keeps +1, as before
-    return jnp.where(positive, 1, -1).astype(x.dtype)
+    axis = x.ndim - 2
+    index = jax.lax.broadcasted_iota(jnp.int32, x.shape, axis)
+    spec = sharding.explicit_spec(x)
+    if spec is not None:  # the iota laid out like x (elementwise partners)
+        index = sharding.reshard(index, spec, x)
+
+    def first_peak(p: tuple, q: tuple) -> tuple:
+        (pa, pv, pi), (qa, qv, qi) = p, q
+        pn, qn = jnp.isnan(pv), jnp.isnan(qv)
+        earlier = qi < pi
+        larger = (qa > pa) | ((qa == pa) & earlier)
+        take = (qn & ~pn) | (qn & pn & earlier) | (~qn & ~pn & larger)
+        return tuple(jnp.where(take, b, a) for a, b in zip(p, q, strict=True))
+
+    init = (
+        jnp.array(-1, x.dtype),  # below every magnitude: the first entry always wins
+        jnp.array(0, x.dtype),
+        jnp.array(jnp.iinfo(jnp.int32).max, jnp.int32),
+    )
+    _, value, _ = jax.lax.reduce((jnp.abs(x), x, index), init, first_peak, (axis,))
+    return jnp.where(value < 0, -1, 1).astype(x.dtype)[..., None, :]
 
 
 def canonicalize_signs(u: jax.Array, vh: jax.Array | None) -> tuple[jax.Array, jax.Array | None]:
@@ -83,9 +98,22 @@ def canonicalize_signs(u: jax.Array, vh: jax.Array | None) -> tuple[jax.Array, j
 
 
 @full_precision
+def householder_qr(y: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Householder QR ``y = QR`` with ``diag(R) >= 0``, where ``y``'s rows lie.
+
+    ``y`` is ``(..., m, k)``. Off Explicit meshes one LAPACK QR; with ``y``'s rows
+    sharded, the TSQR of :func:`_householder_rows` (``k``-sized collectives, ``Q``
+    laid out as ``y``, ``R`` replicated). ``Q`` is orthonormal whatever the rank
+    of ``y``; where ``y`` is rank-deficient, ``R``'s diagonal holds the distances
+    of its columns from the span of the previous ones (as any QR's does).
+    """
+    qt, r = _householder_rows(_swap(y))
+    return _swap(qt), r
+
+
 def positive_qr(y: jax.Array) -> jax.Array:
-    """Orthonormal ``Q`` of ``y = QR`` with the convention ``diag(R) >= 0`` (Householder)."""
-    return _householder_qr(y)[0]
+    """Orthonormal ``Q`` of ``y = QR`` with ``diag(R) >= 0`` (:func:`householder_qr`)."""
+    return householder_qr(y)[0]
 
 
 def _householder_qr(y: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -315,3 +315,37 @@ def test_tsqr_matches_householder_and_stays_orthonormal():
             q, r = map(np.asarray, rows(jax.device_put(poor, spec)))
         np.testing.assert_allclose(q @ q.T, np.eye(7), atol=1e-5)
         np.testing.assert_allclose(q.T @ r, poor.T, atol=1e-5)
+
+
+def test_lre_qr_of_n_row_matrices_stays_sharded():
+    """LRE's flattened-vector basis: the orthonormal completion's QR runs where the rows lie.
+
+    ``n``-row matrices (``n`` = the flattened model) are sharded along ``n``; the
+    completion of a basis update factors its residual columns with the sharded
+    Householder QR (no ``n × k`` gather) and agrees with one device, dependent
+    columns included (flagged invalid and zeroed in both).
+    """
+    from lowrank_optax._src.lre import linalg as lre_linalg
+
+    n = 256
+    q = np.linalg.qr(RNG.standard_normal((n, 4)))[0].astype(np.float32)
+    cols = RNG.standard_normal((n, 6)).astype(np.float32)
+    # Dependent columns last: a QR's columns after a dependent one are not unique
+    # (they are orthogonalised against an arbitrary completion direction).
+    cols[:, 4] = cols[:, 0] - 2.0 * cols[:, 1]  # dependent: not a new direction
+    cols[:, 5] = q @ np.arange(1.0, 5.0, dtype=np.float32)  # inside span(Q)
+    valid = np.ones(6, bool)
+    completion = jax.jit(lre_linalg.orthonormal_completion)
+    want = completion(q, cols, valid)
+    mesh = jax.make_mesh((4, 2), ("fsdp", "tp"))
+    with jax.set_mesh(mesh):
+        rows = P(("fsdp", "tp"), None)
+        args = (jax.device_put(q, rows), jax.device_put(cols, rows), valid)
+        compiled = completion.lower(*args).compile()
+        assert large_collectives(compiled.as_text(), n * 6 // 4) == []
+        got = compiled(*args)
+    assert got[0].sharding.spec == rows
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_array_equal(got[1], [True, True, True, True, False, False])
+    np.testing.assert_allclose(got[0], want[0], atol=1e-5)
+    np.testing.assert_allclose(got[2], want[2], atol=1e-5)

@@ -12,8 +12,9 @@ test matrix, the full matrix) are the ones to shard along ``n`` on a mesh; the
 ``r × r`` work is small and replicated. With Explicit sharding types, ``init``
 creates them with the layout in :attr:`BasisSpec.rows` and ``update`` keeps it
 (products contracting ``n`` give replicated results, fresh random matrices are
-laid out like the state, QR and the full matrix's ``eigh`` run on replicated
-copies).
+laid out like the state, QR factorisations run where the rows lie, with
+``m``-sized collectives only: :func:`~lowrank_optax._src.linalg.householder_qr`;
+the full matrix's ``eigh`` runs on a replicated copy).
 
 Use as ``lowrank.bases.ggt()``, ``lowrank.bases.eigen()``, ...
 """
@@ -558,7 +559,8 @@ def _eigen_family(
         omega = None
         if omega_width is not None:
             omega = jax.random.normal(key, (spec.n, omega_width(spec)), spec.dtype)
-            omega = put_rows(orthonormalize(omega), spec.rows)
+            # QR where the rows lie (Explicit mesh), then the layout on any mesh.
+            omega = put_rows(orthonormalize(put_rows(omega, spec.rows)), spec.rows)
         return EigenState(
             q=zeros_rows((spec.n, r), spec.dtype, spec.rows),
             acc=jnp.zeros((r,), spec.dtype),
@@ -979,8 +981,8 @@ def nystrom(
         width = width_of(spec)
 
         def fresh() -> jax.Array:
-            return match(
-                orthonormalize(jax.random.normal(key, (spec.n, width), spec.dtype)), state.q
+            return orthonormalize(
+                match(jax.random.normal(key, (spec.n, width), spec.dtype), state.q)
             )
 
         if state.omega is None:
@@ -1127,7 +1129,7 @@ def hebbian(
 
     def init(spec: BasisSpec, key: jax.Array) -> HebbianState:
         r = r_of(spec)
-        q = orthonormalize(jax.random.normal(key, (spec.n, r), spec.dtype))
+        q = orthonormalize(put_rows(jax.random.normal(key, (spec.n, r), spec.dtype), spec.rows))
         adam = opt == "adamg"
         return HebbianState(
             q=put_rows(q, spec.rows),
@@ -1373,7 +1375,7 @@ def random(rank: int = 100, generate_freq: int = 1) -> Basis:
         regen = state.count % generate_freq == 0
         q = jax.lax.cond(
             regen,
-            lambda: match(orthonormalize(jax.random.normal(key, (spec.n, r), spec.dtype)), state.q),
+            lambda: orthonormalize(match(jax.random.normal(key, (spec.n, r), spec.dtype), state.q)),
             lambda: state.q,
         )
         ones = jnp.ones((r,), spec.dtype)

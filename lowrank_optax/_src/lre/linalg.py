@@ -17,8 +17,10 @@ On an Explicit mesh (sharding *types*), arrays with ``n`` rows are sharded along
 ``n`` and everything ``r``-sized is replicated: :func:`contract` gives products
 contracting ``n`` a replicated result, :func:`match` lays a freshly drawn
 ``(n, ·)`` array out like the state it combines with, and QR factorisations of
-``(n, m)`` matrices run on a replicated copy (the result is laid out as its
-input). Off Explicit meshes these helpers are the plain operations.
+``(n, m)`` matrices run where their rows lie (Householder on each block and a
+QR of the stacked ``m × m`` factors: :func:`~lowrank_optax._src.linalg.householder_qr`),
+so no ``n``-row matrix is gathered. Off Explicit meshes these helpers are the
+plain operations.
 
 Basis computations run their products at ``Precision.HIGHEST``
 (:func:`~lowrank_optax._src.linalg.full_precision`): on GPU/TPU the default
@@ -33,7 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from lowrank_optax._src import sharding
-from lowrank_optax._src.linalg import full_precision, positive_qr
+from lowrank_optax._src.linalg import full_precision, householder_qr, positive_qr
 
 # A column whose component outside span(Q) is smaller than this (relative to the
 # column's norm) is considered to lie in span(Q).
@@ -166,8 +168,7 @@ def orthonormal_completion(
         v = jnp.where(ok, resid / jnp.where(ok, beta, 1), 0)
         coef = jnp.where(ok, beta, 0).reshape(1, 1)
         return v, ok.reshape(1), jnp.concatenate([p, coef], axis=0)
-    v, rr = jnp.linalg.qr(sharding.replicated(resid))
-    v = match(v, resid)
+    v, rr = householder_qr(resid)  # diag(rr) >= 0; sharded rows stay where they are
     if v.shape[1] < m:  # m > n: pad to m columns
         v = jnp.pad(v, ((0, 0), (0, m - v.shape[1])))
         rr = jnp.pad(rr, ((0, m - rr.shape[0]), (0, 0)))
@@ -282,11 +283,12 @@ def select_columns(
 def orthonormalize(a: jax.Array) -> jax.Array:
     """Orthonormal basis of ``a``'s columns by QR (diag(R) ≥ 0), padded to ``a``'s width.
 
-    On an Explicit mesh the factorisation runs on a replicated copy of ``a`` (an
-    all-gather of ``n × m``) and the result is laid out as ``a``.
+    On an Explicit mesh the factorisation runs where ``a``'s rows lie
+    (:func:`~lowrank_optax._src.linalg.householder_qr`) and the result is laid
+    out as ``a``.
     """
     n, m = a.shape
-    q = positive_qr(sharding.replicated(a))
+    q = positive_qr(a)
     if q.shape[1] < m:
         q = jnp.pad(q, ((0, 0), (0, m - q.shape[1])))
     return match(q, a)
