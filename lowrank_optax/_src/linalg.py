@@ -13,6 +13,16 @@ canonical form:
 Decompositions run in at least float32 (bf16/f16 inputs are upcast, float64
 stays float64) and their matrix products at ``Precision.HIGHEST`` (see
 :func:`full_precision`). All functions accept leading batch axes.
+
+Sharding: the randomized range finder and :func:`householder_qr` are one
+function of their input, whatever its layout. On an Explicit mesh (sharding in
+the types) the gradient is never gathered: the products that contract a sharded
+axis (:func:`_rows_times`: products with ``G``, Gram matrices) request their
+output layout, so XLA sums ``K``-row partial products; the Householder fallback
+is a one-level TSQR over the row blocks and the ``K × K`` Cholesky runs per
+batch block (both through ``jax.shard_map``, the only places with block-local
+code); the sign rule is a reduction. Off Explicit meshes these are the plain
+single-device operations (XLA's partitioner shards them on Auto meshes).
 """
 
 from __future__ import annotations
