@@ -87,9 +87,9 @@ def test_default_environment_limits_jaxlibs_lapack_in_any_import_order(first):
     for path, threads in out["libs"].items():
         if path in limited:
             assert threads == 1, out
-    # NumPy's private OpenBLAS (pip wheels) keeps one thread per core.
+    # NumPy's private OpenBLAS (pip wheels) keeps its own default (several threads).
     for path in out["numpy"]:
-        assert path not in limited and out["libs"][path] == os.cpu_count(), out
+        assert path not in limited and out["libs"][path] > 1, out
 
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores to see a difference")
@@ -100,12 +100,12 @@ def test_default_environment_limits_jaxlibs_lapack_in_any_import_order(first):
 def test_opt_out_and_user_setting_are_left_alone(env, expected):
     out = _probe("import lowrank_optax", **env)
     assert out["applied"]["threads"] is expected and not out["applied"]["libraries"], out
-    assert all(n == 2 or n == os.cpu_count() for n in out["libs"].values()), out
+    assert all(n > 1 for n in out["libs"].values()), out  # nothing limited to one
 
 
 def test_this_process_is_limited():
-    # The suite imports lowrank_optax (conftest); its LAPACK library is single-threaded
-    # unless the environment running the tests configured BLAS threads.
+    # Importing cpu_threads imported lowrank_optax; its LAPACK library is single-threaded
+    # here unless the environment running the tests configured BLAS threads.
     if cpu_threads.applied["threads"] is None:
         pytest.skip(f"not applied here: {cpu_threads.applied['reason']}")
     limited = set(cpu_threads.applied["libraries"])
