@@ -262,7 +262,8 @@ def refresh_table(args: argparse.Namespace) -> None:
     print(
         f"\njax {jax.__version__} on {len(devices)} {device.platform} device(s) "
         f"({device.device_kind}); {len(args.shapes)} matrices, rank {args.rank}, "
-        "randomized_projector() (K = r + 10, q = 1), Explicit axes"
+        "randomized_projector() (K = r + 10, q = 1)"
+        + (", Explicit axes" if len(devices) > 1 else ", no mesh")
     )
     print(
         f"{'layout':26s} {'refresh':8s} {'refresh ms':>11s} {'temp MB/dev':>12s}"
