@@ -295,6 +295,8 @@ class ValidationTest(parameterized.TestCase):
     def test_bad_rank(self, rank):
         with self.assertRaisesRegex(ValueError, "rank"):
             lowrank.lrg(rank)
+        if rank is None:  # lrg_adam's default (10), so inject_hyperparams needs no listing
+            return
         with self.assertRaisesRegex(ValueError, "rank"):
             lowrank.lrg_adam(1e-3, rank=rank)
 
@@ -522,6 +524,36 @@ class LrgAdamTest(parameterized.TestCase):
             updates, new_state = jax.jit(tx.update)(grads, state, params)
             chex.assert_trees_all_equal_dtypes(updates, params)
             chex.assert_trees_all_equal_dtypes(new_state, state)
+
+    def test_float16_params_compute_in_float32(self):
+        # Adam's second moment of a float16 gradient underflows/overflows in
+        # float16 (the update was inf); the alias computes in float32 and casts back.
+        params, grads_seq = self._problem()
+        half = jax.tree.map(lambda x: x.astype(jnp.float16), params)
+        half_grads = [jax.tree.map(lambda x: x.astype(jnp.float16), g) for g in grads_seq]
+        tx = lowrank.lrg_adam(3e-2, rank=2, projector="svd")
+        got = self._run(tx, half, half_grads)
+        chex.assert_trees_all_equal_dtypes(got, half)
+        want = self._run(
+            tx,
+            jax.tree.map(lambda x: x.astype(jnp.float32), half),
+            [jax.tree.map(lambda x: x.astype(jnp.float32), g) for g in half_grads],
+        )
+        chex.assert_trees_all_close(
+            jax.tree.map(lambda x: x.astype(jnp.float32), got), want, atol=2e-3
+        )
+
+    def test_integer_params_raise(self):
+        with self.assertRaisesRegex(ValueError, "lrg_adam.*floating"):
+            lowrank.lrg_adam(1e-2).init({"w": jnp.ones((3, 3), jnp.int32)})
+
+    def test_inject_hyperparams_needs_no_static_args_for_defaults(self):
+        params, grads_seq = self._problem()
+        tx = optax.inject_hyperparams(lowrank.lrg_adam)(learning_rate=3e-2)
+        got = self._run(tx, params, grads_seq[:2])
+        want = self._run(lowrank.lrg_adam(3e-2), params, grads_seq[:2])
+        # Same algorithm; the range finder's products compile differently (round-off).
+        chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-6)
 
 
 def _golden(name):

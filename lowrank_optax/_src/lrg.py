@@ -426,7 +426,7 @@ def scale_by_torch_amsgrad(
 
 def lrg_adam(
     learning_rate: base.ScalarOrSchedule,
-    rank: int = 10,
+    rank: int | None = None,
     b1: jax.typing.ArrayLike = 0.9,
     b2: jax.typing.ArrayLike = 0.999,
     eps: jax.typing.ArrayLike = 1e-8,
@@ -464,12 +464,18 @@ def lrg_adam(
     the optimizer is not invariant to leaf order (see :func:`lrg`).
 
     Static arguments under :func:`optax.inject_hyperparams`: ``rank``,
-    ``amsgrad``, ``flatten_fn``, ``projector``. ``learning_rate``, ``b1``, ``b2``, ``eps`` and
-    ``weight_decay`` are injectable.
+    ``amsgrad``, ``flatten_fn``, ``projector`` (list only those you pass).
+    ``learning_rate``, ``b1``, ``b2``, ``eps`` and ``weight_decay`` are
+    injectable.
+
+    float16 parameters are computed in float32 (state in float32, updates cast
+    back to float16); integer or boolean parameters raise ``ValueError``.
 
     Args:
       learning_rate: learning rate :math:`\eta` (scalar or schedule).
-      rank: number :math:`k \ge 1` of singular values kept by the filter.
+      rank: number :math:`k \ge 1` of singular values kept by the filter
+        (``None``: 10, the reference's default; ``None`` lets
+        :func:`optax.inject_hyperparams` leave it unlisted when not passed).
       b1: decay rate :math:`\beta_1` of the first moment, in :math:`[0, 1)`.
       b2: decay rate :math:`\beta_2` of the second moment, in :math:`[0, 1)`.
       eps: :math:`\epsilon \ge 0` added to the denominator.
@@ -534,13 +540,15 @@ def lrg_adam(
     validation.check_beta("b2", b2)
     validation.check_nonnegative("eps", eps)
     validation.check_nonnegative("weight_decay", weight_decay)
+    rank = 10 if rank is None else rank
     if amsgrad:
         scaler = scale_by_torch_amsgrad(b1=b1, b2=b2, eps=eps)
     else:
         scaler = optax.scale_by_adam(b1=b1, b2=b2, eps=eps)
-    return optax.chain(
+    tx = optax.chain(
         lrg(rank, flatten_fn=flatten_fn, projector=projector),
         optax.add_decayed_weights(weight_decay),
         scaler,
         optax.scale_by_learning_rate(learning_rate),
     )
+    return numerics.float16_in_float32(tx, "lowrank.lrg_adam")
