@@ -53,6 +53,16 @@ class CanonicalizeSignsTest(parameterized.TestCase):
         self.assertTrue(np.all(np.isfinite(np.asarray(cu))))
         np.testing.assert_array_equal(np.asarray(cu)[:, 3], 0.0)
 
+    def test_differentiable_with_piecewise_constant_signs(self):
+        # A refresh can be traced under jax.jvp/grad (the fused update's backward
+        # scan); the sign rule must not need a JVP of its variadic reduction, and the
+        # signs act as constants: d/du (u * s(u)) = s(u).
+        u = jnp.asarray(_random((5, 3), seed=4))
+        signs = np.sign(np.asarray(lowrank.canonicalize_signs(u, None)[0]) / np.asarray(u))
+        tangent = jnp.asarray(_random((5, 3), seed=5))
+        _, jvp = jax.jvp(lambda x: lowrank.canonicalize_signs(x, None)[0], (u,), (tangent,))
+        np.testing.assert_allclose(np.asarray(jvp), np.asarray(tangent) * signs, rtol=1e-6)
+
     def test_product_is_invariant_and_rule_holds_on_random_batches(self):
         u = _random((3, 7, 4), seed=1)
         vh = _random((3, 4, 5), seed=2)

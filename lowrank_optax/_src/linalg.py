@@ -66,7 +66,13 @@ def _peak_signs(x: jax.Array) -> jax.Array:
     value. A column sharded along its rows is therefore reduced where it lies
     (partial results, then an all-reduce of ``k``-sized triples). An all-zero
     column keeps ``+1``: the sign never multiplies by zero.
+
+    The signs are piecewise constant, so ``x`` enters under
+    :func:`jax.lax.stop_gradient`: JAX has no JVP rule for a variadic
+    ``reduce``, and a refresh traced under differentiation (the fused update's
+    backward scan, ``fused_layers``'s leaf-wise check) must not need one.
     """
+    x = jax.lax.stop_gradient(x)
     axis = x.ndim - 2
     index = jax.lax.broadcasted_iota(jnp.int32, x.shape, axis)
     spec = sharding.explicit_spec(x)
