@@ -168,11 +168,16 @@ def _refresh_bases(
 
 
 def _rotation(new: LeafBasis, old: LeafBasis, apply: jax.Array) -> BasisRotation:
+    def small(a: jax.Array, b: jax.Array) -> jax.Array:
+        # r×r, unsharded: the product contracts the basis's (possibly sharded) m or n axis.
+        spec = sharding.explicit_spec(a)
+        return sharding.matmul(a, b, None if spec is None else spec[:-2] + (None, None), a)
+
     c_left = c_right = None
     if new.left is not None:
-        c_left = jnp.swapaxes(new.left, -1, -2) @ old.left
+        c_left = small(jnp.swapaxes(new.left, -1, -2), old.left)
     if new.right is not None:
-        c_right = new.right @ jnp.swapaxes(old.right, -1, -2)
+        c_right = small(new.right, jnp.swapaxes(old.right, -1, -2))
     return BasisRotation(c_left, c_right, apply)
 
 
