@@ -15,6 +15,7 @@ from lowrank_optax._src.keras_extras import keras_preprocessing, keras_wrappers
 from lowrank_optax._src.numerics import float16_in_float32
 from lowrank_optax._src.project_lowrank import project_lowrank
 from lowrank_optax._src.projectors import ProjectorArg
+from lowrank_optax._src.quantize import quantize_state_arg
 from lowrank_optax._src.subspace import DimsArg, MaskArg
 from lowrank_optax._src.weight_decay import decay_weights_after_update
 
@@ -71,6 +72,9 @@ def galore_adamw(
     ema_overwrite_frequency: int | None = None,
     loss_scale_factor: jax.typing.ArrayLike | None = None,
     gradient_accumulation_steps: int | None = None,
+    state_bits: int | None = None,
+    state_block_size: int | None = None,
+    state_min_size: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""GaLore-AdamW, step for step as galore-torch 1.0's ``GaLoreAdamW``.
 
@@ -94,6 +98,23 @@ def galore_adamw(
     the current gradient at steps 0, T, 2T, ... and the moments are kept across
     refreshes (``on_refresh='keep'``, galore-torch).
 
+    **8-bit GaLore** (``state_bits=8``, galore-torch's ``GaLoreAdamW8bit``): the
+    moments are stored block-wise quantized between steps,
+
+    .. math::
+
+      M_t \leftarrow \mathcal D\bigl(\mathcal Q(M_t)\bigr), \qquad
+      V_t \leftarrow \mathcal D\bigl(\mathcal Q(V_t)\bigr),
+
+    where :math:`\mathcal Q` codes each block of ``state_block_size`` elements
+    in 8 bits relative to the block's largest magnitude and :math:`\mathcal D`
+    decodes it (:func:`quantize_state` around the
+    :func:`scale_by_adam_in_basis` that :func:`project_lowrank` runs; moment
+    leaves with fewer than ``state_min_size`` elements stay in full precision).
+    The arithmetic of a step is unchanged and done in the moments' dtype; the
+    bases, the step count and everything outside the projection (weight decay,
+    clipping, EMA, accumulation) stay in full precision.
+
     The chain is ``[MultiSteps] ∘ [param_ema] ∘ chain([scale(1/loss_scale_factor)],
     [clip], project_lowrank(scale_by_adam_in_basis(eps_mode='galore')),
     [decay_weights_after_update], scale_by_learning_rate)``; bracketed pieces are
@@ -106,7 +127,8 @@ def galore_adamw(
 
     Static arguments for :func:`optax.inject_hyperparams`: ``rank`` and, when
     passed, the integers ``update_proj_gap``, ``gradient_accumulation_steps``,
-    ``ema_overwrite_frequency`` (their ``None`` defaults need no listing) and
+    ``ema_overwrite_frequency``, ``state_bits``, ``state_block_size``,
+    ``state_min_size`` (their ``None`` defaults need no listing) and
     ``dimension_numbers``, ``mask``, ``weight_decay_mask`` when they are
     callables. Strings, booleans and :class:`Projector` objects pass through as
     static values whether listed or not. ``learning_rate``, ``b1``, ``b2``,
@@ -129,6 +151,10 @@ def galore_adamw(
 
     Memory: per projected :math:`m\times n` leaf, ``proj_type='std'`` keeps
     :math:`r\min(m,n) + 2r\max(m,n)` numbers instead of AdamW's :math:`2mn`.
+    With ``state_bits=8`` the :math:`2r\max(m,n)` moment numbers take
+    :math:`1 + 4/\text{state\_block\_size}` bytes each instead of 4 (float32:
+    0.254x at the default block size); the :math:`r\min(m,n)` basis numbers
+    keep the parameters' dtype.
 
     Args:
       learning_rate: learning rate :math:`\eta` or schedule.
@@ -155,6 +181,12 @@ def galore_adamw(
       ema_overwrite_frequency: overwrite params with the EMA every k steps.
       loss_scale_factor: gradients are divided by this (> 0) first (Keras).
       gradient_accumulation_steps: accumulate this many (>= 2) micro-batches.
+      state_bits: ``None`` (full-precision moments) or 8 (moments stored in 8
+        bits, block-wise: :func:`quantize_state`).
+      state_block_size: elements per quantization block, ``>= 1`` (``None``:
+        256); used with ``state_bits=8``.
+      state_min_size: moment leaves with fewer elements stay in full precision,
+        ``>= 0`` (``None``: 4096); used with ``state_bits=8``.
 
     Returns:
       The corresponding :class:`optax.GradientTransformationExtraArgs`.
@@ -178,6 +210,14 @@ def galore_adamw(
       >>> print('Objective function: {:.2f}'.format(loss(params)))
       Objective function: 105.43
 
+      8-bit GaLore: the low-rank moments are stored in 8 bits (here every moment
+      leaf of at least 16 elements):
+
+      >>> tx8 = lowrank.galore_adamw(1e-2, rank=4, state_bits=8, state_min_size=16)
+      >>> moments = tx8.init({'w': w})[0].inner_state
+      >>> moments.mu['w'].codes.dtype, moments.nu['w'].codes.dtype
+      (dtype('int8'), dtype('uint8'))
+
     References:
       Zhao et al, `GaLore: Memory-Efficient LLM Training by Gradient Low-Rank
       Projection <https://arxiv.org/abs/2403.03507>`_, 2024
@@ -193,9 +233,15 @@ def galore_adamw(
         clipvalue=clipvalue,
         global_clipnorm=global_clipnorm,
     )
+    inner = quantize_state_arg(
+        scale_by_adam_in_basis(b1, b2, eps, eps_mode="galore"),
+        state_bits=state_bits,
+        state_block_size=state_block_size,
+        state_min_size=state_min_size,
+    )
     pieces.append(
         project_lowrank(
-            scale_by_adam_in_basis(b1, b2, eps, eps_mode="galore"),
+            inner,
             rank=rank,
             update_proj_gap=update_proj_gap,
             scale=scale,

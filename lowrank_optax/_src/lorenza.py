@@ -27,6 +27,7 @@ from lowrank_optax._src.adam_in_basis import scale_by_adam_in_basis
 from lowrank_optax._src.numerics import float16_in_float32, working_dtype
 from lowrank_optax._src.project_lowrank import Subspace, project_lowrank
 from lowrank_optax._src.projectors import ProjectorArg, randomized_projector
+from lowrank_optax._src.quantize import quantize_state_arg
 from lowrank_optax._src.subspace import DimsArg, MaskArg
 from lowrank_optax._src.weight_decay import decay_weights_after_update
 
@@ -484,6 +485,9 @@ def lorenza(
     mask: MaskArg = None,
     perturb_unprojected: bool = False,
     seed: int | None = None,
+    state_bits: int | None = None,
+    state_block_size: int | None = None,
+    state_min_size: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""LORENZA: zeroth-order SAM and Adam in a randomized low-rank gradient subspace.
 
@@ -518,7 +522,13 @@ def lorenza(
     AdamW on :math:`G^{\mathrm{SAM}}` at full size, unperturbed unless
     ``perturb_unprojected``. The :math:`\Delta_j` are drawn in the same subspace
     the update uses, so the optimizer state is GaLore's (bases and low-rank
-    moments) plus two PRNG keys.
+    moments) plus two PRNG keys. With ``state_bits=8`` the moments are stored
+    block-wise in 8 bits between steps, :math:`M_t \leftarrow \mathcal
+    D(\mathcal Q(M_t))` and :math:`V_t \leftarrow \mathcal D(\mathcal Q(V_t))`
+    (8-bit GaLore's storage, see :func:`galore_adamw`): the chain below with
+    ``quantize_state(scale_by_adam_in_basis(...), bits=8,
+    block_size=state_block_size, min_size=state_min_size)`` as the inner
+    optimizer.
 
     It is exactly the chain::
 
@@ -552,8 +562,9 @@ def lorenza(
     With ``rho=0`` the update is exactly GaLore-Adam with the same projector.
 
     Static arguments for :func:`optax.inject_hyperparams`: ``rank`` and, when
-    passed, the integers ``update_proj_gap``, ``num_probes``, ``seed`` (their
-    ``None`` defaults need no listing) and ``dimension_numbers`` / ``mask`` when
+    passed, the integers ``update_proj_gap``, ``num_probes``, ``seed``,
+    ``state_bits``, ``state_block_size``, ``state_min_size`` (their ``None``
+    defaults need no listing) and ``dimension_numbers`` / ``mask`` when
     they are callables. Strings, booleans and :class:`Projector` objects pass
     through as static values whether listed or not. ``learning_rate``, ``b1``,
     ``b2``, ``eps``, ``weight_decay``, ``rho``, ``mu`` and ``scale`` are
@@ -619,6 +630,12 @@ def lorenza(
       perturb_unprojected: also perturb unprojected leaves (full-shape probes).
       seed: seed :math:`\geq 0` of the probes' PRNG key (``None``: 0; a stream
         distinct from the projector's even when both seeds are equal).
+      state_bits: ``None`` (full-precision moments) or 8 (moments stored in 8
+        bits, block-wise: :func:`quantize_state`).
+      state_block_size: elements per quantization block, ``>= 1`` (``None``:
+        256); used with ``state_bits=8``.
+      state_min_size: moment leaves with fewer elements stay in full precision,
+        ``>= 0`` (``None``: 4096); used with ``state_bits=8``.
 
     Returns:
       The corresponding :class:`optax.GradientTransformationExtraArgs`.
@@ -656,9 +673,15 @@ def lorenza(
     v.check_beta("b2", b2)
     v.check_nonnegative("eps", eps)
     v.check_nonnegative("weight_decay", weight_decay)
+    inner = quantize_state_arg(
+        scale_by_adam_in_basis(b1, b2, eps, eps_mode="galore"),
+        state_bits=state_bits,
+        state_block_size=state_block_size,
+        state_min_size=state_min_size,
+    )
     tx = optax.chain(
         project_lowrank(
-            scale_by_adam_in_basis(b1, b2, eps, eps_mode="galore"),
+            inner,
             rank=rank,
             update_proj_gap=update_proj_gap,
             scale=scale,

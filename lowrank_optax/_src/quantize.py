@@ -352,7 +352,9 @@ def quantize_state(
             if not isinstance(old, QuantizedArray):
                 out.append(new)
                 continue
-            new = new.astype(old.scales.dtype)
+            # Stored codes carry no derivative (piecewise constant): stopping it lets
+            # forward-mode checks trace the update (fused_layers' check_leafwise).
+            new = jax.lax.stop_gradient(new.astype(old.scales.dtype))
             if sequence and previous is not None and explicit_spec(new) is None:
                 new = _after(new, previous)
             q = quantize_blockwise(new, signed=old.codes.dtype == jnp.int8, block_size=block_size)
@@ -361,3 +363,29 @@ def quantize_state(
         return new_updates, treedef.unflatten(out)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def quantize_state_arg(
+    inner: optax.GradientTransformation,
+    *,
+    state_bits: int | None,
+    state_block_size: int | None,
+    state_min_size: int | None,
+) -> optax.GradientTransformation:
+    """The aliases' ``state_bits`` option: ``inner``, or ``quantize_state(inner, ...)``.
+
+    Validates ``state_bits`` (``None``: full precision, or 8),
+    ``state_block_size`` (``>= 1``, ``None``: 256) and ``state_min_size``
+    (``>= 0``, ``None``: 4096) with errors naming those arguments, whether or
+    not ``state_bits`` is set.
+    """
+    if state_bits is not None and v.check_int("state_bits", state_bits) != BITS:
+        raise ValueError(
+            f"`state_bits` must be None (full precision) or {BITS} (8-bit state), "
+            f"got {state_bits!r}."
+        )
+    block_size = v.check_optional_int("state_block_size", state_block_size, default=256)
+    min_size = v.check_optional_int("state_min_size", state_min_size, minimum=0, default=4096)
+    if state_bits is None:
+        return inner
+    return quantize_state(inner, bits=BITS, block_size=block_size, min_size=min_size)
