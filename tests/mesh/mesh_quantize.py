@@ -63,12 +63,11 @@ def _adam() -> optax.GradientTransformation:
 
 
 def _galore() -> optax.GradientTransformation:
-    # on_refresh='keep': project_lowrank's 'reproject' rotation (P_new^T P_old) does not
-    # yet name an output sharding when the basis rows are sharded on an Explicit mesh
-    # (a ShardingTypeError with or without quantization); it is tested on one device.
+    # on_refresh='reproject': the quantized moments are rotated at the refresh of step 3,
+    # whose rotation P_new^T P_old contracts the sharded basis rows.
     inner = lowrank.quantize_state(lowrank.scale_by_adam_in_basis(), block_size=8, min_size=16)
     return optax.chain(
-        lowrank.project_lowrank(inner, rank=4, update_proj_gap=2, on_refresh="keep"),
+        lowrank.project_lowrank(inner, rank=4, update_proj_gap=2, on_refresh="reproject"),
         optax.scale(-1e-2),
     )
 
