@@ -134,48 +134,20 @@ class _BlockStep(NamedTuple):
 
 
 def _inner_transformation(inner: Any) -> optax.GradientTransformationExtraArgs:
-    def check(tx: Any, name: str) -> None:
-        if not (callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None))):
-            raise TypeError(
-                f"`{name}` must be an optax.GradientTransformation (e.g. "
-                f"lowrank.scale_by_adam_in_basis()), a list of them, or None; got {tx!r}."
-            )
-
+    example = "lowrank.scale_by_adam_in_basis() (or a list of them, or None)"
     if inner is None or (isinstance(inner, (list, tuple)) and not inner):
         return optax.with_extra_args_support(optax.identity())
     if isinstance(inner, (list, tuple)):
         for i, tx in enumerate(inner):
-            check(tx, f"inner[{i}]")
+            v.check_transformation(f"inner[{i}]", tx, example=example)
         return optax.chain(*inner)
-    check(inner, "inner")
+    v.check_transformation("inner", inner, example=example)
     return optax.with_extra_args_support(inner)
 
 
-def _check_compute_dtype(compute_dtype: Any) -> Any:
-    if compute_dtype is None:
-        return None
-    try:
-        dtype = jnp.dtype(compute_dtype)
-    except TypeError:
-        dtype = None
-    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
-        raise ValueError(
-            "`compute_dtype` must be None or a real floating-point dtype (float32, "
-            f"float64; smaller ones are promoted to float32), got {compute_dtype!r}."
-        )
-    return dtype
-
-
-def _check_floating(tree: Any, name: str) -> list[Any]:
-    leaves = jax.tree.leaves(tree)
-    for x in leaves:
-        if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
-            raise ValueError(
-                f"lowrank.eigenbasis_update needs real floating-point {name}, got a leaf of "
-                f"dtype {jnp.result_type(x)}; cast integer or complex parameters to a float "
-                "dtype (float16 and bfloat16 are computed in float32)."
-            )
-    return leaves
+def _floating_leaves(tree: Any, what: str) -> list[Any]:
+    v.check_floating(tree, what, "lowrank.eigenbasis_update")
+    return jax.tree.leaves(tree)
 
 
 def _config(
@@ -231,7 +203,7 @@ def _config(
         init_steps,
         symmetrize,
         bool(per_leaf),
-        _check_compute_dtype(compute_dtype),
+        v.check_float_dtype("compute_dtype", compute_dtype),
         seed,
         k,
         has_z,
@@ -273,7 +245,7 @@ def _init(cfg: _Config, params: optax.Params) -> EigenbasisState:
         return EigenbasisState(*([0] * len(EigenbasisState._fields)))  # type: ignore[arg-type]
     # Size and dtype of the flattened vector without concatenating (init must
     # also trace on abstract, possibly Explicit-sharded, parameters).
-    leaves = _check_floating(params, "parameters")
+    leaves = _floating_leaves(params, "parameters")
     dtype = _compute_dtype(cfg, jnp.result_type(*leaves))
     layout = _layout(cfg, params, dtype)
     n = sum(size for _, size in layout.blocks)
@@ -481,7 +453,7 @@ def _update(
     v.check_reserved_extra_args(extra_args, RESERVED_EXTRA_ARGS, "lowrank.eigenbasis_update")
     if cfg.curvature.needs_params:
         v.require_params(params, f"lowrank.curvatures.{cfg.curvature.name}")
-    dtype = _compute_dtype(cfg, jnp.result_type(*_check_floating(updates, "gradients")))
+    dtype = _compute_dtype(cfg, jnp.result_type(*_floating_leaves(updates, "gradients")))
     layout = _layout(cfg, updates, dtype)
     flat_g, unravel = flatten.ravel(updates, layout.rows)
     g = flat_g.astype(dtype)
