@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from lowrank_optax._src import adam_in_basis as adam_core
 from lowrank_optax._src import sharding
 from lowrank_optax._src import validation as v
 from lowrank_optax._src.lre.curvatures import Correction
@@ -1171,13 +1172,10 @@ def hebbian(
                 step = clip_norm(xi)
             else:
                 xi = clip_norm(xi)
-                mu = b1 * mu + (1 - b1) * xi
+                mu = adam_core.ema(xi, mu, b1)
                 mu = mu - q @ sym(contract(q.T, mu))
-                nu = b2 * nu + (1 - b2) * jnp.sum(jnp.square(xi))
-                t = count.astype(q.dtype)
-                m_hat = mu / (1 - b1**t)
-                v_hat = nu / (1 - b2**t)
-                step = m_hat / (jnp.sqrt(v_hat) + eps)
+                nu = adam_core.ema(jnp.sum(jnp.square(xi)), nu, b2)
+                step = adam_core.adam_direction(mu, nu, count, b1=b1, b2=b2, eps=eps)
         q_new = orthonormalize(q + lr * step)
         new_state = HebbianState(q_new, mu, nu, count)
         ones = jnp.ones((r,), q.dtype)
