@@ -33,11 +33,17 @@ class WrapperInnerTest(parameterized.TestCase):
         ("scout", lambda inner: lowrank.scout(inner)),
         ("param_ema", lambda inner: lowrank.param_ema(inner)),
         ("quantize_state", lambda inner: lowrank.quantize_state(inner)),
+        ("subspace_accumulation", lambda inner: lowrank.subspace_accumulation(inner)),
     )
     def test_non_transformation_inner(self, make):
         for bad in ("adam", 3, optax.adam):
             with self.assertRaisesRegex(TypeError, "`inner`"):
                 make(bad)
+
+    def test_fused_layers_tx_is_checked_like_inner(self):
+        for bad in ("adam", 3, optax.adam):
+            with self.assertRaisesRegex(TypeError, "`tx`"):
+                lowrank.fused_layers(lambda p, x: x, bad)
 
     def test_factory_instead_of_transformation_says_call_it(self):
         with self.assertRaisesRegex(TypeError, r"call it"):

@@ -712,6 +712,10 @@ def fused_layers(
       A :class:`FusedLayers` with ``init(stacked_params)`` and
       ``forward(stacked_params, x, *args)``.
 
+    Raises:
+      TypeError: ``tx`` is not a gradient transformation.
+      ValueError: ``layer_fn`` is not callable or ``accumulation_steps < 1``.
+
     Examples:
       >>> import jax, jax.numpy as jnp, optax
       >>> import lowrank_optax as lowrank
@@ -740,8 +744,7 @@ def fused_layers(
     """
     if not callable(layer_fn):
         raise ValueError(f"`layer_fn` must be callable, got {layer_fn!r}.")
-    if not isinstance(tx, optax.GradientTransformation):
-        raise ValueError(f"`tx` must be an optax.GradientTransformation, got {tx!r}.")
+    v.check_transformation("tx", tx)
     k = v.check_int("accumulation_steps", accumulation_steps, minimum=1)
     return FusedLayers(layer_fn, tx, k, jnp.dtype(accumulator_dtype), bool(check_leafwise))
 

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from lowrank_optax._src import validation
 from lowrank_optax._src.project_lowrank import ProjectLowrankState
 
 
@@ -77,6 +78,7 @@ def subspace_accumulation(
       The corresponding :class:`optax.GradientTransformationExtraArgs`.
 
     Raises:
+      TypeError: ``inner`` is not a gradient transformation.
       ValueError: at ``init`` when ``inner`` holds no accumulating projection.
 
     Examples:
@@ -97,6 +99,7 @@ def subspace_accumulation(
       >>> print('Objective function: {:.2f}'.format(loss(params)))
       Objective function: 31.40
     """
+    validation.check_transformation("inner", inner)
     inner = optax.with_extra_args_support(inner)
 
     def init_fn(params: optax.Params) -> SubspaceAccumulationState:
