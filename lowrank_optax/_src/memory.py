@@ -8,7 +8,7 @@ the compiled figures from XLA's own memory analysis of the lowered step.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from lowrank_optax._src.fused import FusedTrainStep
 from lowrank_optax._src.sharding import state_sharding
 
 # XLA's CompiledMemoryStats fields and the report's names for them.
@@ -36,9 +37,14 @@ class MemoryReport(dict):
 
     * ``params_bytes``, ``grads_bytes``, ``state_bytes``, ``total_bytes`` (their
       sum), ``num_params`` (scalars in the parameters);
-    * ``leaves``: ``{'params': [...], 'state': [...]}``, one row per array leaf
-      ``{'path', 'shape', 'dtype', 'bytes'}`` (plus ``'max_device_bytes'`` when
-      sharded), in ``jax.tree.leaves`` order;
+    * ``fused_blocks``: ``None``, or the key of the stacked block whose
+      gradient exists one layer at a time (:func:`memory_report`'s argument);
+    * ``leaves``: ``{'params': [...], 'grads': [...], 'state': [...]}``, one row
+      per array leaf ``{'path', 'shape', 'dtype', 'bytes'}`` (plus
+      ``'max_device_bytes'`` when sharded), in ``jax.tree.leaves`` order. A
+      ``grads`` row is the gradient that exists at once for one floating-point
+      parameter and has a ``'fused'`` flag: for a leaf of the fused block it is
+      one layer's slice (the parameter's shape without the layer axis);
     * ``per_device``: ``None``, or one row per device
       ``{'device', 'params_bytes', 'grads_bytes', 'state_bytes'}``;
     * ``compiled``: ``None``, or XLA's memory analysis of the step:
@@ -61,7 +67,9 @@ class MemoryReport(dict):
 
         n_params, n_state = len(self["leaves"]["params"]), len(self["leaves"]["state"])
         row(f"params ({self['num_params']:,} scalars, {n_params} leaves)", self["params_bytes"])
-        row("gradients", self["grads_bytes"])
+        fused = self.get("fused_blocks")
+        grads = "gradients" if fused is None else f"gradients ({fused!r}: one layer at once)"
+        row(grads, self["grads_bytes"])
         row(f"optimizer state ({n_state} leaves)", self["state_bytes"])
         row("params + gradients + state", self["total_bytes"])
         if self["per_device"]:
@@ -74,7 +82,7 @@ class MemoryReport(dict):
             for key, _ in _COMPILED_FIELDS:
                 row(f"  {key[:-6].replace('_', ' ')}", self["compiled"][key])
         if leaves:
-            for group in ("params", "state"):
+            for group in ("params", "grads", "state"):
                 lines.append(f"{group} leaves:")
                 for leaf in self["leaves"][group]:
                     shape = "x".join(map(str, leaf["shape"])) or "scalar"
@@ -158,6 +166,61 @@ def _is_differentiable(dtype: Any) -> bool:
     return bool(jnp.issubdtype(dtype, jnp.inexact))
 
 
+def _grad_rows(
+    param_rows: list[dict[str, Any]],
+    param_leaves: list[Any],
+    shardings: list[Any] | None,
+    fused: list[bool],
+) -> list[dict[str, Any]]:
+    """One row per gradient that exists at once: the parameter's, or one layer's slice."""
+    rows = []
+    for i, (prow, x) in enumerate(zip(param_rows, param_leaves, strict=True)):
+        if not _is_differentiable(x.dtype):
+            continue
+        shape = tuple(prow["shape"][1:] if fused[i] else prow["shape"])
+        row: dict[str, Any] = {
+            "path": prow["path"],
+            "shape": list(shape),
+            "dtype": prow["dtype"],
+            "bytes": _nbytes(shape, x.dtype),
+            "fused": fused[i],
+        }
+        if shardings is not None:
+            sharding = shardings[i]
+            if fused[i]:
+                # One layer's slice, laid out like the parameter without its layer axis.
+                spec = tuple(sharding.spec) + (None,) * (len(prow["shape"]) - len(sharding.spec))
+                sharding = NamedSharding(sharding.mesh, P(*spec[1:]))
+            row["device_bytes"] = _device_bytes(shape, x.dtype, sharding)
+            row["max_device_bytes"] = max(row["device_bytes"].values())
+        rows.append(row)
+    return rows
+
+
+def _fused_mask(params: Any, fused_blocks: str | None) -> list[bool]:
+    """Per parameter leaf (``jax.tree.leaves`` order): is it in ``params[fused_blocks]``?"""
+    paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    if fused_blocks is None:
+        return [False] * len(paths)
+    if not isinstance(params, Mapping) or fused_blocks not in params:
+        keys = sorted(map(str, params)) if isinstance(params, Mapping) else type(params).__name__
+        raise ValueError(
+            f"`fused_blocks` must be a key of the top-level parameter dict (the stacked "
+            f"block of lowrank.fused_layers); got {fused_blocks!r}, parameters: {keys}."
+        )
+    first = jax.tree_util.DictKey(fused_blocks)
+    mask = [bool(path) and path[0] == first for path in paths]
+    sizes = {
+        tuple(jnp.shape(x))[:1] for x, m in zip(jax.tree.leaves(params), mask, strict=True) if m
+    }
+    if len(sizes) != 1 or () in sizes:
+        raise ValueError(
+            f"`fused_blocks`: every leaf of params[{fused_blocks!r}] must have the same "
+            f"leading layer axis L; got leading sizes {sorted(sizes)}."
+        )
+    return mask
+
+
 def memory_report(
     tx: Any,
     params: Any,
@@ -166,6 +229,7 @@ def memory_report(
     step_args: Sequence[Any] = (),
     mesh: jax.sharding.Mesh | None = None,
     param_specs: Any = None,
+    fused_blocks: str | None = None,
 ) -> MemoryReport:
     r"""Bytes of a training step's parameters, gradients and optimizer state, per leaf.
 
@@ -178,6 +242,20 @@ def memory_report(
     integer counters and keys are counted. The gradient is one array per
     floating-point parameter, of the parameter's shape and dtype (integer
     parameters have no gradient bytes).
+
+    **Fused block** (``fused_blocks``). When the stacked layers
+    ``params[fused_blocks]`` (leading layer axis :math:`L` on every leaf) are
+    trained with :func:`fused_layers`, their optimizer update runs inside the
+    backward scan and at most one layer's gradient exists at a time. The report
+    then counts, for each leaf of the block, one layer's gradient (the leaf's
+    shape without the layer axis, :math:`1/L` of its bytes; per device, laid
+    out like the parameter without its layer axis), and every other parameter's
+    full gradient: ``grads_bytes`` equals :func:`fused_gradient_bytes`. Pass
+    the fused step's own :class:`FusedTrainStep` (from
+    :func:`fused_train_step`) as ``tx`` to count its exact state,
+    ``train.init(rest, params[fused_blocks])`` where ``rest`` holds the other
+    parameters (per-layer step counters and ``vmap``-ed states included); an
+    ordinary transformation counts the unfused state ``tx.init(params)``.
 
     **Per device.** When the parameters carry :class:`jax.sharding.NamedSharding`
     (sharded arrays, or ``jax.ShapeDtypeStruct(..., sharding=...)``), or when
@@ -194,10 +272,12 @@ def memory_report(
     and generated-code bytes and XLA's peak estimate, unchanged. For a sharded
     step these are per device (each device runs the same SPMD program). XLA
     counts a tuple output's pointer table in ``output_bytes`` (8 bytes per
-    output array on CPU).
+    output array on CPU). The fused step's analysis is XLA's too: compile it
+    with ``step_fn`` to see the gradient buffer it no longer holds.
 
     Args:
-      tx: an optax transformation (anything with ``init``).
+      tx: an optax transformation (anything with ``init``), or with
+        ``fused_blocks`` a :class:`FusedTrainStep`.
       params: parameters: arrays, ``jax.ShapeDtypeStruct`` (abstract, nothing
         allocated) or Flax boxes; sharded or not.
       step_fn: optional training step to compile (jitted or not).
@@ -207,9 +287,18 @@ def memory_report(
         are replicated on it.
       param_specs: optional ``PartitionSpec`` per parameter leaf (same order),
         with ``mesh``; overrides the parameters' own shardings.
+      fused_blocks: optional key of the top-level parameter dict holding the
+        stacked block trained with :func:`fused_layers` (e.g. ``'blocks'``).
 
     Returns:
       A :class:`MemoryReport` (a ``dict``; ``print`` it for a table).
+
+    Raises:
+      ValueError: ``tx`` has no ``init``; ``step_args`` without ``step_fn``;
+        ``param_specs`` without ``mesh`` or of the wrong length;
+        ``fused_blocks`` is not a key of the parameter dict or its leaves do
+        not share a leading axis; a :class:`FusedTrainStep` without
+        ``fused_blocks`` or with a mesh.
 
     Examples:
       >>> import jax, jax.numpy as jnp, optax
@@ -220,15 +309,38 @@ def memory_report(
       >>> galore = lowrank.memory_report(lowrank.galore_adamw(1e-3, rank=64), params)
       >>> adam['params_bytes'], adam['state_bytes'], galore['state_bytes']
       (2099200, 4198404, 659472)
+
+      A stacked block of 4 layers whose update is fused into the backward
+      pass holds one layer's gradient:
+
+      >>> stacked = {'embed': jax.ShapeDtypeStruct((100, 8), jnp.float32),
+      ...            'blocks': {'w': jax.ShapeDtypeStruct((4, 8, 8), jnp.float32)}}
+      >>> report = lowrank.memory_report(optax.adam(1e-3), stacked,
+      ...                                fused_blocks='blocks')
+      >>> report['grads_bytes'], [r['shape'] for r in report['leaves']['grads']]
+      (3456, [[8, 8], [100, 8]])
     """
+    fused_step = isinstance(tx, FusedTrainStep)
     if not hasattr(tx, "init"):
         raise ValueError(f"`tx` must be an optax transformation with `init`; got {tx!r}.")
     if step_fn is None and tuple(step_args):
         raise ValueError("`step_args` given without `step_fn`.")
+    if fused_step and fused_blocks is None:
+        raise ValueError(
+            "`tx` is a lowrank.fused_train_step: pass `fused_blocks`, the key of the stacked "
+            "block in the parameter dict (its init takes the other parameters and the block)."
+        )
     abstract_params = jax.tree.map(_abstract, params)
     param_leaves = jax.tree.leaves(abstract_params)
+    fused = _fused_mask(abstract_params, fused_blocks)
     shardings = _param_shardings(param_leaves, mesh, param_specs)
     if shardings is not None:
+        if fused_step:
+            raise ValueError(
+                "Per-device figures of a lowrank.fused_train_step's state are not "
+                "available (state_sharding knows optax transformations): pass the "
+                "unfused transformation with `fused_blocks` for per-device gradient bytes."
+            )
         abstract_params = jax.tree.unflatten(
             jax.tree.structure(abstract_params),
             [
@@ -236,7 +348,11 @@ def memory_report(
                 for x, s in zip(param_leaves, shardings, strict=True)
             ],
         )
-    abstract_state = jax.eval_shape(tx.init, abstract_params)
+    if fused_step:
+        rest = {k: v for k, v in abstract_params.items() if k != fused_blocks}
+        abstract_state = jax.eval_shape(tx.init, rest, abstract_params[fused_blocks])
+    else:
+        abstract_state = jax.eval_shape(tx.init, abstract_params)
     state_shardings = None
     if shardings is not None:
         state_shardings = jax.tree.leaves(
@@ -250,9 +366,7 @@ def memory_report(
 
     param_rows = _rows(abstract_params, shardings)
     state_rows = _rows(abstract_state, state_shardings)
-    grad_rows = [
-        r for r, x in zip(param_rows, param_leaves, strict=True) if _is_differentiable(x.dtype)
-    ]
+    grad_rows = _grad_rows(param_rows, param_leaves, shardings, fused)
     params_bytes = sum(r["bytes"] for r in param_rows)
     grads_bytes = sum(r["bytes"] for r in grad_rows)
     state_bytes = sum(r["bytes"] for r in state_rows)
@@ -273,7 +387,7 @@ def memory_report(
             }
             for d in device_ids
         ]
-        for r in param_rows + state_rows:
+        for r in param_rows + grad_rows + state_rows:
             del r["device_bytes"]
 
     compiled = None
@@ -289,7 +403,8 @@ def memory_report(
         state_bytes=state_bytes,
         total_bytes=params_bytes + grads_bytes + state_bytes,
         num_params=sum(math.prod(r["shape"]) for r in param_rows),
-        leaves={"params": param_rows, "state": state_rows},
+        fused_blocks=fused_blocks,
+        leaves={"params": param_rows, "grads": grad_rows, "state": state_rows},
         per_device=per_device,
         compiled=compiled,
     )

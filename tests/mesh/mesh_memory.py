@@ -119,3 +119,22 @@ def test_replicated_on_a_mesh_and_compiled_sharded_step() -> None:
     assert compiled["argument_bytes"] == (
         device0["params_bytes"] + device0["grads_bytes"] + device0["state_bytes"]
     )
+
+
+def test_fused_blocks_per_device_one_layer_shards() -> None:
+    """With ``fused_blocks`` a device holds its shard of one layer's block gradient."""
+    mesh = jax.make_mesh((2, 4), ("x", "y"), axis_types=(AxisType.Explicit,) * 2)
+    params = {"blocks": {"stack": PARAMS["stack"]}, "w": PARAMS["w"]}
+    specs = {"blocks": {"stack": SPECS["stack"]}, "w": SPECS["w"]}
+    report = lowrank.memory_report(
+        optax.adam(1e-3), params, mesh=mesh, param_specs=specs, fused_blocks="blocks"
+    )
+    # The gradients that exist at once: 'w' in full, layer 0 of the stack laid out
+    # like the stack without its layer axis.
+    with jax.set_mesh(mesh):
+        live = {
+            "layer": jax.device_put(PARAMS["stack"][0], NamedSharding(mesh, P("y", None))),
+            "w": jax.device_put(PARAMS["w"], NamedSharding(mesh, SPECS["w"])),
+        }
+    assert _per_device(report, "grads_bytes") == _shard_bytes(live)
+    assert report["grads_bytes"] == lowrank.fused_gradient_bytes(params)
