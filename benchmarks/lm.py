@@ -20,6 +20,12 @@ validation loss over the seeds):
   measured after training in interleaved rounds (every candidate once per
   round; medians over rounds; ratios against AdamW in the same rounds).
 
+8-bit state (``--optimizers ...,adamw_8bit,galore_adamw_8bit``, not in the
+default set): ``quantize_state(optax.adamw)`` and ``galore_adamw(...,
+state_bits=8)``; each is also compared with its fp32 version at the fp32
+version's best learning rate, seed by seed (relative difference of the final
+validation loss), the quality check of 8-bit state (no retuning).
+
 Results are appended to ``--json`` after every run (``--resume`` skips runs
 already there), so a partial run keeps what it measured. Usage::
 
@@ -27,6 +33,8 @@ already there), so a partial run keeps what it measured. Usage::
     python benchmarks/lm.py --optimizers adamw,galore_adamw --lrs adamw=3e-3 \\
         --lrs galore_adamw=1e-2,2e-2 --seeds 0 --steps 100
     python benchmarks/lm.py --steps 0          # timing and memory only
+    python benchmarks/lm.py --config small --steps 400 --default-lrs --timing-rounds 0 \\
+        --optimizers adamw,adamw_8bit,galore_adamw,galore_adamw_8bit
 """
 
 from __future__ import annotations
@@ -57,8 +65,13 @@ DEFAULT_LRS = {
     "galore_adamw_randomized": _GRID,
     "optax_galore": _GRID,
     "lorenza": _GRID,
+    "adamw_8bit": (1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2),
+    "galore_adamw_8bit": _GRID,
 }
 ADAMW_FAMILY = ("adamw", "adamw_scaled")
+# 8-bit variants are opt-in (--optimizers): each is compared with its fp32 version.
+EIGHT_BIT = {"adamw_8bit": "adamw", "galore_adamw_8bit": "galore_adamw"}
+DEFAULT_OPTIMIZERS = tuple(n for n in train_lm.OPTIMIZERS if n not in EIGHT_BIT)
 
 
 def parse_lrs(items: list[str] | None, optimizers: list[str]) -> dict[str, list[float]]:
@@ -268,14 +281,80 @@ def print_table(best: dict[str, dict[str, Any]], extra: dict[str, dict[str, Any]
         print(f"  {name:<25} seeds [{seeds}]  sweep [{sweep}]")
 
 
+def compare_8bit(
+    runs: list[dict[str, Any]], best: dict[str, dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Each 8-bit optimizer against its fp32 version at the fp32 version's best lr, per seed.
+
+    8-bit state is used without retuning (Dettmers et al.), so the comparison
+    is at the same learning rate and seeds: relative difference of the final
+    validation loss, ``(8-bit - fp32) / fp32``.
+    """
+    loss = {
+        (r["optimizer"], r["lr"], r["seed"]): math.inf if r["diverged"] else r["final_val_loss"]
+        for r in runs
+    }
+    out = {}
+    for name, fp32 in EIGHT_BIT.items():
+        if name not in best or fp32 not in best:
+            continue
+        lr = best[fp32]["lr"]
+        seeds = [s for s in best[fp32]["seeds"] if (name, lr, s) in loss]
+        if not seeds:
+            continue
+        pairs = {s: (loss[(fp32, lr, s)], loss[(name, lr, s)]) for s in seeds}
+        rel = {s: (b - a) / a for s, (a, b) in pairs.items()}
+        out[name] = {
+            "fp32": fp32,
+            "lr": lr,
+            "seeds": seeds,
+            "fp32_losses": [pairs[s][0] for s in seeds],
+            "losses": [pairs[s][1] for s in seeds],
+            "rel_diff": [rel[s] for s in seeds],
+            "mean_rel_diff": statistics.fmean(rel.values()),
+            "max_abs_rel_diff": max(abs(x) for x in rel.values()),
+        }
+    return out
+
+
+def print_8bit(comparison: dict[str, dict[str, Any]], extra: dict[str, dict[str, Any]]) -> None:
+    if not comparison:
+        return
+    print()
+    print("8-bit vs fp32 (same lr and seeds; final validation loss, (8-bit - fp32) / fp32):")
+    for name, c in comparison.items():
+        per_seed = ", ".join(
+            f"{s}: {a:.4f} -> {b:.4f} ({100 * r:+.2f} %)"
+            for s, a, b, r in zip(
+                c["seeds"], c["fp32_losses"], c["losses"], c["rel_diff"], strict=True
+            )
+        )
+        state = extra.get(name, {}).get("state_bytes")
+        state32 = extra.get(c["fp32"], {}).get("state_bytes")
+        ratio = f"  state {state / state32:.3f}x fp32" if state and state32 else ""
+        print(
+            f"  {name:<19} vs {c['fp32']:<13} lr {c['lr']:g}: [{per_seed}]  mean "
+            f"{100 * c['mean_rel_diff']:+.2f} %{ratio}"
+        )
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="bench", choices=["tiny", "small", "bench"])
-    ap.add_argument("--optimizers", default=",".join(train_lm.OPTIMIZERS))
+    ap.add_argument(
+        "--optimizers",
+        default=",".join(DEFAULT_OPTIMIZERS),
+        help=f"comma-separated, from {','.join(train_lm.OPTIMIZERS)}",
+    )
     ap.add_argument("--lrs", action="append", help="NAME=lr1,lr2 (repeatable)")
+    ap.add_argument(
+        "--default-lrs",
+        action="store_true",
+        help="no sweep: each optimizer at train_lm.DEFAULT_LR (the bench sweep's best)",
+    )
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--steps", type=int, default=600)
-    ap.add_argument("--rank", type=int, default=48)
+    ap.add_argument("--rank", type=int, default=None, help="default d_model // 4 (bench: 48)")
     ap.add_argument("--update-proj-gap", type=int, default=200)
     ap.add_argument("--scale", type=float, default=0.25)
     ap.add_argument("--batch-size", type=int, default=16)
@@ -305,6 +384,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         runs, optimizers = load_runs(args.report.split(","))
         best = summarize(runs)
         print_table(best, optimizers)
+        print_8bit(compare_8bit(runs, best), optimizers)
         if args.plot:
             plot_best(runs, best, args.plot)
             print(f"wrote {args.plot}")
@@ -312,9 +392,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     jax.config.update("jax_default_matmul_precision", args.precision)
 
     names = args.optimizers.split(",")
+    if args.default_lrs:
+        args.lrs = [f"{n}={train_lm.DEFAULT_LR[n]}" for n in names] + (args.lrs or [])
     lrs = parse_lrs(args.lrs, names)
     seeds = [int(s) for s in args.seeds.split(",")]
     config = lm.CONFIGS[args.config]
+    args.rank = args.rank or max(config.d_model // 4, 1)
     corpus = lm.load_corpus(args.corpus)
     meta = {
         "config": args.config,
@@ -419,6 +502,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         }
         save()
         print_table(best, out["optimizers"])
+        out["8bit_vs_fp32"] = compare_8bit(out["runs"], best)
+        save()
+        print_8bit(out["8bit_vs_fp32"], out["optimizers"])
         if args.plot:
             plot_best(out["runs"], best, args.plot)
             print(f"wrote {args.plot}")

@@ -56,6 +56,8 @@ OPTIMIZERS = (
     "galore_adamw_randomized",
     "optax_galore",
     "lorenza",
+    "adamw_8bit",
+    "galore_adamw_8bit",
 )
 # The best peak learning rates of benchmarks/lm.py's sweep on the bench model
 # (600 steps, batch 16 x 128, rank 48, scale 0.25; docs/guides/lm.rst).
@@ -66,6 +68,9 @@ DEFAULT_LR = {
     "galore_adamw_randomized": 1.6e-2,
     "optax_galore": 1.6e-2,
     "lorenza": 1.6e-2,
+    # 8-bit state, not retuned: the fp32 versions' rates (Dettmers et al.'s protocol).
+    "adamw_8bit": 1e-3,
+    "galore_adamw_8bit": 1.6e-2,
 }
 DESCRIPTIONS = {
     "adamw": "optax.adamw",
@@ -74,6 +79,8 @@ DESCRIPTIONS = {
     "galore_adamw_randomized": "lowrank.galore_adamw, randomized projector",
     "optax_galore": "optax.contrib.galore (per-layer slices; no batch axes)",
     "lorenza": "lowrank.lorenza (zeroth-order SAM in the randomized subspace)",
+    "adamw_8bit": "lowrank.quantize_state(optax.adamw): 8-bit AdamW state",
+    "galore_adamw_8bit": "lowrank.galore_adamw(state_bits=8): 8-bit GaLore, SVD projector",
 }
 
 
@@ -146,17 +153,21 @@ def make_optimizer(
     full-size Adam, as the GaLore paper does. ``adamw_scaled`` is AdamW whose
     block-matrix updates are multiplied by ``scale``: the per-group step-size
     control GaLore's ``scale`` amounts to, so AdamW gets the same tuning knob.
+    ``adamw_8bit`` and ``galore_adamw_8bit`` store their moments in 8 bits
+    (:func:`lowrank.quantize_state`, default block size and ``min_size``).
     """
     dims = lm.dimension_numbers(params)
     if name == "adamw":
         return optax.adamw(learning_rate, weight_decay=0.0)
+    if name == "adamw_8bit":
+        return lowrank.quantize_state(optax.adamw(learning_rate, weight_decay=0.0))
     if name == "adamw_scaled":
         return optax.chain(
             optax.scale_by_adam(),
             optax.masked(optax.scale(scale), lm.projected_mask(params)),
             optax.scale_by_learning_rate(learning_rate),
         )
-    if name in ("galore_adamw", "galore_adamw_randomized"):
+    if name in ("galore_adamw", "galore_adamw_randomized", "galore_adamw_8bit"):
         return lowrank.galore_adamw(
             learning_rate,
             rank=rank,
@@ -164,6 +175,7 @@ def make_optimizer(
             scale=scale,
             projector="randomized" if name.endswith("randomized") else "svd",
             dimension_numbers=dims,
+            state_bits=8 if name.endswith("8bit") else None,
         )
     if name == "optax_galore":
         layer_dims = _contrib_galore_dims()
