@@ -9,7 +9,9 @@ Prints, in one run:
   ``quantize_state``; moments target <= 0.3x, bases stay in the param dtype);
 * **speed**: median time of a jitted step (params and state donated) of each
   8-bit optimizer against its fp32 version, timed runs interleaved round after
-  round (ratio target <= 1.25x);
+  round (ratio target <= 1.25x); with ``--breakdown``, where Adam's step spends its
+  time: the profiler's kernel durations summed per kind of XLA kernel (fusion names
+  without their numeric suffix), fp32 against 8-bit, median over rounds;
 * **quality**: final train and test loss on mnist1d (``examples/mnist1d_common.py``)
   of 8-bit vs fp32 Adam and GaLore over several seeds, with a control run (target:
   within 1 %); and final validation loss of 8-bit vs fp32 AdamW and GaLore on the
@@ -19,7 +21,7 @@ Usage::
 
     python benchmarks/quantize_state.py [--rounds 7] [--reps 3] [--seeds 0 1]
         [--epochs 20] [--lm-steps 600] [--lm-seeds 0 1] [--lm-corpus corpus.npz]
-        [--skip-speed] [--skip-quality] [--skip-lm]
+        [--breakdown] [--skip-speed] [--skip-quality] [--skip-lm]
 """
 
 from __future__ import annotations
@@ -150,6 +152,52 @@ def speed_table(rounds: int, reps: int) -> list[str]:
     for name, c in candidates.items():
         base = med[name.replace("8-bit", "fp32")]
         rows.append(f"| {name} | {med[name]:.1f} | {med[name] / base:.2f} | {c.temp_mb:.1f} |")
+    return rows
+
+
+def breakdown_table(rounds: int, reps: int) -> list[str]:
+    """Summed kernel time per step by kind of XLA kernel, Adam fp32 vs 8-bit (the
+    profiler's Perfetto trace; kernels of one step run concurrently where they are
+    independent, so a sum can exceed the step's wall time)."""
+    import collections
+    import gzip
+    import json
+    import re
+    import tempfile
+
+    params = make_params(LLAMA_BLOCK)
+    rng = np.random.default_rng(1)
+    grads = jax.tree.map(
+        lambda p: jnp.asarray(rng.standard_normal(p.shape, dtype=np.float32) * 1e-3), params
+    )
+    candidates = {
+        "Adam fp32": Candidate(adam(1e-3, bits=None), params, grads),
+        "Adam 8-bit": Candidate(adam(1e-3, bits=8), params, grads),
+    }
+    kernel = re.compile(r"^[a-z_\-]+(\.\d+)?$")  # XLA kernel names, e.g. reduce_fusion.3
+    sums: dict[str, dict[str, list[float]]] = {k: collections.defaultdict(list) for k in candidates}
+    for _ in range(rounds):
+        for name, c in candidates.items():
+            c.run(1)
+            with tempfile.TemporaryDirectory() as d:
+                with jax.profiler.trace(d, create_perfetto_trace=True):
+                    c.run(reps)
+                trace = next(Path(d).rglob("*.trace.json.gz"))
+                events = json.load(gzip.open(trace))
+            events = events["traceEvents"] if isinstance(events, dict) else events
+            per_kind: dict[str, float] = collections.defaultdict(float)
+            for e in events:
+                if e.get("ph") == "X" and kernel.match(e.get("name", "")):
+                    per_kind[re.sub(r"\.\d+$", "", e["name"])] += e["dur"] / 1e3 / reps
+            per_kind["total"] = sum(per_kind.values())
+            for kind, ms in per_kind.items():
+                sums[name][kind].append(ms)
+    rows = ["| step | kernel kind | ms per step |", "|---|---|---:|"]
+    for name, kinds in sums.items():
+        med = {k: statistics.median(v + [0.0] * (rounds - len(v))) for k, v in kinds.items()}
+        for kind, ms in sorted(med.items(), key=lambda kv: -kv[1]):
+            if ms >= 0.05:
+                rows.append(f"| {name} | {kind} | {ms:.2f} |")
     return rows
 
 
@@ -312,6 +360,7 @@ def main() -> None:
     p.add_argument("--lm-seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--lm-corpus", default=None, help="corpus .npz (llama_lm.save_corpus)")
     p.add_argument("--lm-config", default="bench", help="a llama_lm.CONFIGS name")
+    p.add_argument("--breakdown", action="store_true", help="kernel time per kind (Adam)")
     p.add_argument("--skip-speed", action="store_true")
     p.add_argument("--skip-quality", action="store_true")
     p.add_argument("--skip-lm", action="store_true")
@@ -322,6 +371,9 @@ def main() -> None:
     if not args.skip_speed:
         print(f"\n## Step time ({args.rounds} interleaved rounds x {args.reps} steps)\n")
         print("\n".join(speed_table(args.rounds, args.reps)))
+    if args.breakdown:
+        print(f"\n## Adam's step by kernel kind ({args.rounds} rounds x {args.reps} steps)\n")
+        print("\n".join(breakdown_table(args.rounds, args.reps)))
     if not args.skip_quality:
         print(
             f"\n## mnist1d quality ({args.epochs} epochs, batch {args.batch_size}, lr {args.lr})\n"

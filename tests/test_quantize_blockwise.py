@@ -293,3 +293,58 @@ def test_dense_sweep_matches_reference_nearest():
     r = ref.quantize(a, signed=False, block_size=a.size)
     clear = r["tie_margin"] > 1e-6
     np.testing.assert_array_equal(codes[clear], r["codes"][clear])
+
+
+def test_dense_sweep_signed_matches_reference_nearest():
+    """The signed map on a fine grid of both signs: the reference's nearest code."""
+    a = np.linspace(-1.0, 1.0, 40_001, dtype=np.float32)
+    codes = np.asarray(quantize(jnp.asarray(a), signed=True, block_size=a.size).codes)
+    r = ref.quantize(a, signed=True, block_size=a.size)
+    clear = r["tie_margin"] > 1e-6
+    np.testing.assert_array_equal(codes[clear], r["codes"][clear])
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_extreme_block_maxima(signed):
+    """Blocks whose maximum is the smallest normal float32, tiny, ordinary, huge, or
+    the largest float32: codes and scales as the reference's (the encoder normalises
+    by a power of two per block, so neither its slopes nor the values overflow)."""
+    tiny = float(np.finfo(np.float32).tiny)
+    top = float(np.finfo(np.float32).max)
+    rng = np.random.default_rng(3)
+    rows = []
+    for peak in (tiny, 1e-30, 1.0, 1e30, top):
+        row = rng.uniform(-1, 1, 16) * 10.0 ** rng.uniform(-8, 0, 16)
+        row = row / np.max(np.abs(row)) * peak
+        rows.append(row if signed else np.abs(row))
+    x = np.asarray(rows, np.float32)
+    x = np.where(np.abs(x) < tiny, 0, x).astype(np.float32)  # no subnormal inputs
+    codes, scales, y = _roundtrip(x, signed, 16)
+    r = ref.quantize(x, signed=signed, block_size=16)
+    np.testing.assert_array_equal(scales, r["scales"].astype(np.float32))
+    clear = r["tie_margin"] > 1e-5
+    np.testing.assert_array_equal(codes[clear], r["codes"][clear])
+    assert np.all(np.isfinite(y))
+
+
+@pytest.mark.parametrize("sequence", [False, True])
+def test_quantize_many_equals_one_at_a_time(sequence):
+    """Grouped quantization (shared block-maximum reductions, paired and sequenced
+    as quantize_state does) stores exactly what quantize_blockwise stores."""
+    from lowrank_optax._src.blockwise import quantize_many
+
+    rng = np.random.default_rng(4)
+    arrays = [
+        jnp.asarray(rng.standard_normal((5, 40)), jnp.float32),
+        jnp.asarray(rng.standard_normal((5, 40)) ** 2, jnp.float32),
+        jnp.asarray(rng.standard_normal((5, 40)), jnp.float32),  # third of its layout
+        jnp.asarray(rng.standard_normal((3, 4, 6)) ** 2, jnp.float32),  # alone
+        jnp.asarray(rng.standard_normal((5, 40)), jnp.bfloat16),
+    ]
+    arrays[0] = arrays[0].at[2, 7].set(jnp.nan)
+    signed = [True, False, True, False, True]
+    got = jax.jit(lambda xs: quantize_many(xs, signed, 16, sequence=sequence))(arrays)
+    for x, s, q in zip(arrays, signed, got, strict=True):
+        expected = quantize(x, signed=s, block_size=16)
+        np.testing.assert_array_equal(np.asarray(q.codes), np.asarray(expected.codes))
+        np.testing.assert_array_equal(np.asarray(q.scales), np.asarray(expected.scales))

@@ -171,66 +171,102 @@ def dynamic_code_map(signed: bool) -> np.ndarray:
 
 
 @functools.cache
-def _encoder_constants(num_bits: int) -> tuple[tuple[float, float, float, int], ...]:
-    """Per decade ``k``: (threshold, bottom, 1/step, 2**f).
+def _encoder_lines(num_bits: int) -> tuple[tuple[float, float], ...]:
+    r"""The encoder's lines ``(A_f, B_f)``, ``f = 0 .. num_bits - 1``.
 
-    Decade ``k`` covers ``[10^-(k+1), 10^-k]`` on a uniform grid of step
-    ``0.9·10^-k / 2**f`` whose bottom point is the previous decade's top code; the
-    last decade (a single code) rounds between 0 and ``10^-(num_bits-1)``.
+    On the decade of the codes with ``f >= 1`` fraction bits (indices ``2^f - 1``
+    to ``2^{f+1} - 1``, the first being the previous decade's top), code values are
+    equally spaced, so the real-valued index of a normalised magnitude ``a`` is
+    linear: :math:`i = A_f a + B_f` with :math:`A_f = 10^n / (9 \cdot 5^f)` and
+    :math:`B_f = (8 \cdot 2^f - 9) / 9` (``n = num_bits``). Below the smallest
+    code, between 0 and :math:`10^{-(n-1)}`: :math:`i = 10^{n-1} a`. The index
+    function is continuous with slopes that decrease from one piece to the next
+    (it is concave), so it equals the smallest of the lines everywhere: the
+    encoder needs no decade search.
     """
-    out = []
-    for k in range(num_bits):
-        f = num_bits - 1 - k
-        if k < num_bits - 1:
-            bottom = 10.0 ** -(k + 1)
-            inv_step = 2**f / (0.9 * 10.0**-k)
-        else:
-            bottom, inv_step = 0.0, 10.0**k
-        out.append((10.0**-k, bottom, inv_step, 2**f))
-    return tuple(out)
-
-
-def _encode_magnitude(a: jax.Array, num_bits: int) -> jax.Array:
-    """Index (``int32``) of the magnitude code nearest to ``a`` in ``[0, 1]``."""
-    consts = _encoder_constants(num_bits)
-    dtype = a.dtype
-    _, bottom0, inv0, n0 = consts[0]
-    bottom = jnp.full(a.shape, bottom0, dtype)
-    inv_step = jnp.full(a.shape, inv0, dtype)
-    count = jnp.full(a.shape, n0, jnp.int32)
-    # Decade by comparisons: a few selects are far cheaper than a table gather or
-    # a binary search over the 255 midpoints on CPU (measured).
-    for top, b, inv, n in consts[1:]:
-        below = a < np.asarray(top, dtype)
-        bottom = jnp.where(below, np.asarray(b, dtype), bottom)
-        inv_step = jnp.where(below, np.asarray(inv, dtype), inv_step)
-        count = jnp.where(below, n, count)
-    step = jnp.round((a - bottom) * inv_step).astype(jnp.int32)
-    return count - 1 + jnp.clip(step, 0, count)
-
-
-def _decode_magnitude(index: jax.Array, num_bits: int, dtype: Any) -> jax.Array:
-    """The magnitude of code ``index`` (``int32`` in ``[0, 2**num_bits)``), arithmetically.
-
-    An index with ``f`` fraction bits lies in ``[2^f, 2^{f+1})``; its value is its
-    decade's top ``10^-k`` minus ``d`` steps, ``d = 2^{f+1} - 1 - index``. The
-    decade is found with a few comparisons and selects: elementwise code (no table
-    gather), which XLA fuses into every consumer instead of materialising the
-    decoded array (a gathered array costs a full-size temporary per moment). Tops
-    of decades (including 1) are exact; other values agree with
-    :func:`dynamic_code_map` to within ``1e-6`` relative (float32 rounding).
-    """
-    top = jnp.full(index.shape, np.float32(10.0 ** -(num_bits - 1)))
-    step = jnp.zeros(index.shape, jnp.float32)
-    last = jnp.ones(index.shape, jnp.int32)
+    lines = [(10.0 ** (num_bits - 1), 0.0)]
     for f in range(1, num_bits):
-        k = num_bits - 1 - f
-        above = index >= 2**f
-        top = jnp.where(above, np.float32(10.0**-k), top)
-        step = jnp.where(above, np.float32(0.9 * 10.0**-k / 2**f), step)
-        last = jnp.where(above, 2 ** (f + 1) - 1, last)
-    value = top - step * (last - index).astype(jnp.float32)
-    return jnp.where(index == 0, 0, value).astype(dtype)
+        lines.append((10.0**num_bits / (9 * 5**f), (8 * 2**f - 9) / 9))
+    return tuple(lines)
+
+
+_FLOAT_BITS = {np.dtype(np.float32): (np.int32, 23), np.dtype(np.float64): (np.int64, 52)}
+
+
+def _as_bits(x: jax.Array) -> jax.Array:
+    return jax.lax.bitcast_convert_type(x, _FLOAT_BITS[np.dtype(x.dtype)][0])
+
+
+def _from_bits(x: jax.Array, dtype: Any) -> jax.Array:
+    return jax.lax.bitcast_convert_type(x, dtype)
+
+
+def _encode_blocks(r: jax.Array, coefficients: list[jax.Array], signed: bool) -> jax.Array:
+    """Codes of ``r`` (the stored quantity, ``(..., block_size)``) given each block's
+    line slopes ``A_f / scale`` (``(..., 1)``; 0 for a block stored as zeros).
+
+    The index is the smallest of the lines, rounded to nearest (ties to even) by
+    adding ``1.5 * 2^m`` (``m`` mantissa bits) and reading the low bits of the sum:
+    two instructions, no float-to-integer conversion. Non-finite values (they
+    occur only in blocks stored with a NaN scale, whose slopes are 0) count as 0.
+    """
+    dtype = r.dtype
+    _, mantissa = _FLOAT_BITS[np.dtype(dtype)]
+    magnitude = jnp.abs(r) if signed else r
+    magnitude = jnp.where(magnitude < np.inf, magnitude, 0)  # NaN, inf -> 0
+    index = None
+    lines = _encoder_lines(_magnitude_bits(signed))
+    for slope, (_, offset) in zip(coefficients, lines, strict=True):
+        line = magnitude * slope + np.asarray(offset, dtype)
+        index = line if index is None else jnp.where(line < index, line, index)
+    if signed:  # the sign of r on the (non-negative) index
+        sign = _as_bits(r) & _as_bits(np.asarray(-0.0, dtype))
+        index = _from_bits(_as_bits(index) | sign, dtype)
+    rounded = _as_bits(index + np.asarray(1.5 * 2.0**mantissa, dtype))
+    return rounded.astype(jnp.int8 if signed else jnp.uint8)
+
+
+def _decode_unit(codes: jax.Array, signed: bool) -> jax.Array:
+    r"""The code map's value of each code (``float32``, ``[-1, 1]``), arithmetically.
+
+    A magnitude index :math:`i \ge 1` with :math:`f` fraction bits lies in
+    :math:`[2^f, 2^{f+1})`, so ``float32(i)`` has binary exponent :math:`f`: its
+    exponent field is :math:`2^f`, and :math:`f`'s three bits pick
+    :math:`5^f` (or :math:`10^f`) from two-way selects. With
+    :math:`N = 9(i + 1) - 8 \cdot 2^f` (an integer),
+
+    .. math::
+
+       v = 10^{-k}\left(0.1 + 0.9\,\frac{F + 1}{2^f}\right)
+         = 10^{-n}\, 5^f N
+         = 10^{-(n-1)}\, 10^f \cdot \frac{N}{10 \cdot 2^f}.
+
+    The unsigned map uses the first form; the signed one the second, whose factor
+    ``N / (10 · 2^f)`` is exactly 1 at a decade top, so tops decode exactly. No
+    gather and no division: XLA fuses the decoder into every consumer instead of
+    materialising the decoded array. Other values agree with
+    :func:`dynamic_code_map` to ``2e-7`` relative.
+    """
+    num_bits = _magnitude_bits(signed)
+    f32 = np.float32
+    value = codes.astype(jnp.float32)
+    index = jnp.minimum(jnp.abs(value), f32(127)) if signed else value  # -128 reads as -127
+    bits = _as_bits(index)
+    exponent = bits & 0x7F800000  # the bits of 2^f
+    count = bits + 0x00800000  # bits 23..25: the three bits of f
+    n = index * f32(9) + f32(9) - _from_bits(exponent, jnp.float32) * f32(8)
+    base = (10, 100, 10**4) if signed else (5, 25, 625)
+    power = None
+    for bit, factor in zip((1 << 23, 1 << 24, 1 << 25), base, strict=True):
+        term = jnp.where((count & bit) != 0, f32(factor), f32(1))
+        power = term if power is None else power * term
+    if signed:
+        # 2^-f, capped at 1 so that the unused index 0 stays finite.
+        inverse = jnp.minimum(_from_bits(0x7F000000 - exponent, jnp.float32), f32(1))
+        unit = (power * f32(10.0 ** -(num_bits - 1))) * ((n * inverse) * f32(0.1))
+        return unit * jnp.clip(value, f32(-1), f32(1))  # the sign; 0 for code 0
+    unit = (n * power) * f32(10.0**-num_bits)
+    return jnp.where(codes == 0, f32(0), unit)
 
 
 def _work_dtype(dtype: Any) -> Any:
@@ -313,6 +349,169 @@ def _from_blocks(blocks: jax.Array, layout: BlockLayout, specs: _Specs, like: An
     return sharding.reshard(out, specs.array if specs.array != specs.work else None, like)
 
 
+class _Prepared(NamedTuple):
+    x: jax.Array  # the original array
+    layout: BlockLayout
+    specs: _Specs
+    blocks: jax.Array  # (..., block_size), work dtype
+    signed: bool
+
+
+def _prepare(x: jax.Array, signed: bool, block_size: int) -> _Prepared:
+    layout = block_layout(x.shape, block_size)
+    specs = _specs(x, layout)
+    work = _work_dtype(x.dtype)
+    xw = sharding.reshard(x.astype(work), specs.work if specs.work != specs.array else None, x)
+    return _Prepared(x, layout, specs, _to_blocks(xw, layout, specs, x), signed)
+
+
+def _max_keys(blocks: jax.Array, signed: bool) -> jax.Array:
+    """Integer keys whose maximum over a block is the bit pattern of the block's
+    largest coded value: ``|x|`` (signed) or ``max(x, 0)`` (unsigned; its square
+    root is taken per block). The bits of a non-negative float order like the
+    float, NaN above infinity, and an integer maximum needs no NaN handling."""
+    if not signed:
+        blocks = jnp.where(blocks < 0, 0, blocks)  # keeps NaN
+    bits = _as_bits(blocks)
+    return bits & ~_as_bits(np.asarray(-0.0, blocks.dtype))  # clear the sign bit
+
+
+def _block_maxima(group: list[_Prepared]) -> list[jax.Array]:
+    """Each array's per-block maximum of its coded quantity (NaN where a block holds
+    a NaN), all from one variadic reduction.
+
+    One reduction over several arrays of the same layout is one XLA fusion that
+    computes its inputs (a decoded, updated moment) in registers; a single-operand
+    maximum is given a second, unused operand for the same reason (XLA's CPU
+    backend otherwise hands it to a library kernel that reads a materialised
+    float32 copy of the input).
+    """
+    keys = [_max_keys(p.blocks, p.signed) for p in group]
+    ops = [jax.lax.max] * len(keys)
+    if len(keys) == 1:
+        keys, ops = [keys[0], keys[0]], [jax.lax.max, jax.lax.min]
+    inits = tuple(
+        np.zeros((), k.dtype) if op is jax.lax.max else np.iinfo(k.dtype).max
+        for k, op in zip(keys, ops, strict=True)
+    )
+
+    def combine(a: tuple, b: tuple) -> tuple:
+        return tuple(op(x, y) for op, x, y in zip(ops, a, b, strict=True))
+
+    out = jax.lax.reduce(tuple(keys), inits, combine, (keys[0].ndim - 1,))
+    if len(group) == 1:  # use the minimum (never negative) so that it is kept
+        out = (jnp.where(out[1] < 0, 0, out[0]),)
+    maxima = []
+    for p, m in zip(group, out, strict=True):
+        m = _from_bits(m, p.blocks.dtype)
+        maxima.append(m if p.signed else jnp.sqrt(m))  # sqrt is monotone: max of sqrt
+    return maxima
+
+
+def _power_of_two(scale: jax.Array) -> jax.Array:
+    """``2^e`` with ``scale = 1.m x 2^e`` (``e`` clipped so that ``2^e`` and ``2^-e``
+    are normal numbers): ``scale / 2^e`` is in ``[1, 4)`` for any normal scale."""
+    finfo = jnp.finfo(scale.dtype)
+    bias = int(finfo.maxexp) - 1
+    nmant = int(finfo.nmant)
+    field = (_as_bits(scale) >> nmant) & (2 * bias + 1)  # the biased exponent
+    return _from_bits(jnp.clip(field, 1, 2 * bias - 1) << nmant, scale.dtype)
+
+
+def _finish(p: _Prepared, absmax: jax.Array) -> QuantizedArray:
+    """Scales and codes of a prepared array given its blocks' maxima."""
+    work, dtype = p.blocks.dtype, p.x.dtype
+    finite = jnp.isfinite(absmax)
+    # A block whose maximum is subnormal (XLA's CPU arithmetic flushes such values
+    # to zero anyway) is stored as zeros.
+    absmax = jnp.where(absmax < jnp.finfo(work).tiny, 0, absmax)
+    # The stored scale, rounded up where the leaf's dtype cannot hold it exactly
+    # (a square root in bf16/f16), so that every normalised value is <= 1.
+    stored = absmax.astype(dtype)
+    stored = jnp.where(stored.astype(work) < absmax, jnp.nextafter(stored, np.inf), stored)
+    scale = stored.astype(work)
+    # Per block, in one (small) array so that XLA computes it once per block in one
+    # kernel: a power of two that brings the scale into [1, 4), 2^-e (applied to
+    # every element, exactly), and each line's slope A_f / (scale 2^-e), 0 for a
+    # block stored as zeros (an infinite divisor).
+    lines = _encoder_lines(_magnitude_bits(p.signed))
+    power = _power_of_two(scale)[..., None]
+    reduced = jnp.where(finite & (scale > 0), scale, np.inf)[..., None] / power
+    numerators = np.asarray([1.0] + [a for a, _ in lines], work)
+    first = np.arange(len(numerators)) == 0
+    per_block = numerators / jnp.where(first, power, reduced)
+    factor = per_block[..., :1]
+    slopes = [per_block[..., f : f + 1] for f in range(1, len(numerators))]
+    r = p.blocks
+    if not p.signed:
+        # Square-root companding: the unsigned map's 8 decades cover 16 of x.
+        r = jnp.sqrt(jnp.where(r < 0, 0, r))
+    codes = _encode_blocks(r * factor, slopes, p.signed)
+    codes = _from_blocks(codes, p.layout, p.specs, p.x)
+    scales = jnp.where(finite, stored, jnp.nan)
+    if p.specs.scales is None:
+        scales = scales.reshape(p.layout.scales_shape)
+    else:
+        scales = sharding.reshard(scales, p.specs.scales, p.x)
+    return QuantizedArray(codes, scales)
+
+
+def _check_floating(x: jax.Array) -> None:
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(f"`x` must be a floating-point array, got dtype {x.dtype}.")
+
+
+def _after(x: jax.Array, previous: jax.Array) -> jax.Array:
+    """``x`` plus an exact zero that depends on ``previous`` (a scheduling hint).
+
+    ``previous`` holds block maxima (``>= 0`` or NaN), so ``previous < 0`` is never
+    true, a fact XLA cannot fold."""
+    zero = jnp.where(previous.reshape(-1)[0] < 0, 1, 0)
+    return x + zero.astype(x.dtype)
+
+
+def quantize_many(
+    arrays: list[jax.Array], signed: list[bool], block_size: int, *, sequence: bool = False
+) -> list[QuantizedArray]:
+    """:func:`quantize_blockwise` of several arrays, the same result as one at a time.
+
+    Arrays with the same block layout (shape, work dtype, sharding) share one
+    block-maximum reduction, two at a time: a signed array with an unsigned one
+    where there are both (Adam's ``mu`` and ``nu`` of a parameter, which read the
+    same gradient), in order. Used by :func:`quantize_state`.
+
+    With ``sequence``, each pair's reduction waits for the previous pair's
+    (an exact zero added to its inputs, for arrays without Explicit sharding): XLA's
+    CPU scheduler otherwise starts every pair at once and copies every donated code
+    buffer up front. It changes no value.
+    """
+    prepared = [
+        _prepare(jnp.asarray(x), s, block_size) for x, s in zip(arrays, signed, strict=True)
+    ]
+    groups: dict[Any, list[int]] = {}
+    for i, p in enumerate(prepared):
+        groups.setdefault((p.x.shape, p.blocks.dtype, p.specs), []).append(i)
+    maxima: dict[int, jax.Array] = {}
+    previous = None
+    for members in groups.values():
+        first = [i for i in members if prepared[i].signed]
+        second = [i for i in members if not prepared[i].signed]
+        paired = min(len(first), len(second))
+        order = [i for pair in zip(first[:paired], second[:paired], strict=True) for i in pair]
+        order += first[paired:] + second[paired:]
+        for start in range(0, len(order), 2):
+            chunk = order[start : start + 2]
+            if sequence and previous is not None:
+                for i in chunk:
+                    if prepared[i].specs.array is None:
+                        blocks = _after(prepared[i].blocks, previous)
+                        prepared[i] = prepared[i]._replace(blocks=blocks)
+            for i, m in zip(chunk, _block_maxima([prepared[i] for i in chunk]), strict=True):
+                maxima[i] = m
+            previous = maxima[chunk[0]]
+    return [_finish(p, maxima[i]) for i, p in enumerate(prepared)]
+
+
 def quantize_blockwise(
     x: jax.Array, *, signed: bool = True, block_size: int = 256
 ) -> QuantizedArray:
@@ -341,55 +540,18 @@ def quantize_blockwise(
       >>> q.codes, q.scales
       (Array([  91, -127,    0,  127], dtype=int8), Array([1., 2.], dtype=float32))
       >>> lowrank.dequantize_blockwise(q, block_size=2)
-      Array([ 0.49375004, -1.        ,  0.        ,  2.        ], dtype=float32)
+      Array([ 0.49375, -1.     ,  0.     ,  2.     ], dtype=float32)
       >>> q = lowrank.quantize_blockwise(jnp.array([4.0, 1.0, 0.25, 0.0]), signed=False,
       ...                                block_size=4)
       >>> q.scales  # sqrt(4): the unsigned format stores square roots
       Array([2.], dtype=float32)
       >>> lowrank.dequantize_blockwise(q, block_size=4)
-      Array([4.        , 1.0031276 , 0.24533455, 0.        ], dtype=float32)
+      Array([4.        , 1.0031273 , 0.24533446, 0.        ], dtype=float32)
     """
     block_size = v.check_int("block_size", block_size, minimum=1)
     x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise ValueError(f"`x` must be a floating-point array, got dtype {x.dtype}.")
-    layout = block_layout(x.shape, block_size)
-    specs = _specs(x, layout)
-    work = _work_dtype(x.dtype)
-    xw = sharding.reshard(x.astype(work), specs.work if specs.work != specs.array else None, x)
-    blocks = _to_blocks(xw, layout, specs, x)
-    if not signed:
-        # Square-root companding: the unsigned map's 8 decades cover 16 of x.
-        blocks = jnp.sqrt(jnp.maximum(blocks, 0))
-    absmax = jnp.max(jnp.abs(blocks), axis=-1)  # NaN if the block holds one
-    finite = jnp.isfinite(absmax)
-    # A block whose maximum is subnormal (its reciprocal overflows; XLA's CPU
-    # arithmetic flushes such values to zero anyway) is stored as zeros.
-    absmax = jnp.where(absmax < jnp.finfo(work).tiny, 0, absmax)
-    # The stored scale, rounded up where the leaf's dtype cannot hold it exactly
-    # (a square root in bf16/f16), so that every |a| <= 1.
-    stored = absmax.astype(x.dtype)
-    stored = jnp.where(stored.astype(work) < absmax, jnp.nextafter(stored, np.inf), stored)
-    scale = stored.astype(work)
-    # The reciprocal of a maximum near the top of the float range is subnormal
-    # (flushed to zero): such blocks are pre-scaled by 2^-64 (one more multiply).
-    pre = jnp.where(scale > 2.0**64, np.asarray(2.0**-64, work), np.asarray(1, work))
-    usable = finite & (scale > 0)
-    inv = jnp.where(usable, 1 / jnp.where(usable, scale * pre, 1), 0)
-    a = (blocks * pre[..., None]) * inv[..., None]
-    magnitude = jnp.where(finite[..., None], jnp.abs(a), 0)
-    index = _encode_magnitude(magnitude, _magnitude_bits(signed))
-    if signed:
-        codes = jnp.where(a < 0, -index, index).astype(jnp.int8)
-    else:
-        codes = index.astype(jnp.uint8)
-    codes = _from_blocks(codes, layout, specs, x)
-    scales = jnp.where(finite, stored, jnp.nan)
-    if specs.scales is None:
-        scales = scales.reshape(layout.scales_shape)
-    else:
-        scales = sharding.reshard(scales, specs.scales, x)
-    return QuantizedArray(codes, scales)
+    _check_floating(x)
+    return quantize_many([x], [signed], block_size)[0]
 
 
 def dequantize_blockwise(q: QuantizedArray, *, block_size: int = 256) -> jax.Array:
@@ -419,13 +581,8 @@ def dequantize_blockwise(q: QuantizedArray, *, block_size: int = 256) -> jax.Arr
     specs = _specs(codes, layout)
     work = _work_dtype(scales.dtype)
     codes = sharding.reshard(codes, specs.work if specs.work != specs.array else None, codes)
-    c = codes.astype(jnp.int32)
-    if signed:
-        mag = _decode_magnitude(jnp.minimum(jnp.abs(c), 127), _magnitude_bits(True), work)
-        values = jnp.where(c < 0, -mag, mag)
-    else:
-        values = _decode_magnitude(c, _magnitude_bits(False), work)
     scales = scales.astype(work).reshape(_blocks_lead(layout, specs))
+    values = _decode_unit(codes, signed).astype(work)
     blocks = _to_blocks(values, layout, specs, codes) * scales[..., None]
     if not signed:
         blocks = jnp.square(blocks)  # the unsigned format stores square roots
