@@ -381,10 +381,11 @@ def _block_maxima(group: list[_Prepared]) -> list[jax.Array]:
     a NaN), all from one variadic reduction.
 
     One reduction over several arrays of the same layout is one XLA fusion that
-    computes its inputs (a decoded, updated moment) in registers; a single-operand
-    maximum is given a second, unused operand for the same reason (XLA's CPU
-    backend otherwise hands it to a library kernel that reads a materialised
-    float32 copy of the input).
+    computes its inputs (a decoded, updated moment) in registers. A lone array gets
+    a second reduction, the keys' minimum, used in a test XLA cannot fold: a
+    single-operand maximum is, on XLA's CPU backend, either handed to a library
+    kernel (a float maximum) or split into a reduce-window (an integer one), and
+    both read a materialised copy of the input.
     """
     keys = [_max_keys(p.blocks, p.signed) for p in group]
     ops = [jax.lax.max] * len(keys)
