@@ -871,13 +871,14 @@ def fused_train_step(
       ...     lambda params, blocks, x: jnp.mean((blocks(x) @ params['head']) ** 2),
       ...     layers, optax.adamw(1e-2))
       >>> params = {'head': jnp.ones((4, 1))}
-      >>> stacked = {'w': 0.1 * jnp.ones((3, 4, 4))}
+      >>> stacked = {'w': 0.3 * jnp.cos(jnp.arange(48.0) ** 2).reshape(3, 4, 4)}
+      >>> x = jnp.sin(jnp.arange(8.0)).reshape(2, 4)
       >>> state = train.init(params, stacked)
       >>> step = jax.jit(train.step, donate_argnums=(0, 1, 2))
       >>> for _ in range(5):
-      ...   params, stacked, state, loss = step(params, stacked, state, jnp.ones((2, 4)))
+      ...   params, stacked, state, loss = step(params, stacked, state, x)
       >>> print('Objective function: {:.2f}'.format(loss))
-      Objective function: 71.34
+      Objective function: 1.82
     """
     value_and_grad = fused_value_and_grad(loss_fn, layers, has_aux=has_aux)
     if layers.accumulation_steps > 1:
