@@ -9,7 +9,13 @@ Prints, in one run:
   ``quantize_state``; moments target <= 0.3x, bases stay in the param dtype);
 * **speed**: median time of a jitted step (params and state donated) of each
   8-bit optimizer against its fp32 version, timed runs interleaved round after
-  round (ratio target <= 1.25x); with ``--breakdown``, where Adam's step spends its
+  round (ratio target <= 1.25x);
+* **training step** (what a user runs): the jitted training step (loss, gradient,
+  update; params and state donated) of the LM (``--lm-config``, batch 16) and of
+  the mnist1d MLP, fp32 vs 8-bit, with the LM's update-only step alongside to show
+  the optimizer's share; with ``--floor``, Adam's update step with the dynamic map
+  swapped for a linear code (the cheapest possible map: a floor for any map in this
+  dequantize -> update -> quantize structure); with ``--breakdown``, where Adam's step spends its
   time: the profiler's kernel durations summed per kind of XLA kernel (fusion names
   without their numeric suffix), fp32 against 8-bit, median over rounds;
 * **quality**: final train and test loss on mnist1d (``examples/mnist1d_common.py``)
@@ -21,12 +27,15 @@ Usage::
 
     python benchmarks/quantize_state.py [--rounds 7] [--reps 3] [--seeds 0 1]
         [--epochs 20] [--lm-steps 600] [--lm-seeds 0 1] [--lm-corpus corpus.npz]
-        [--breakdown] [--skip-speed] [--skip-quality] [--skip-lm]
+        [--breakdown] [--floor] [--skip-speed] [--skip-train-step] [--skip-quality]
+        [--skip-lm]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import statistics
 import sys
 import time
@@ -143,15 +152,154 @@ def speed_table(rounds: int, reps: int) -> list[str]:
         "GaLore fp32": Candidate(galore(1e-3, bits=None), params, grads),
         "GaLore 8-bit": Candidate(galore(1e-3, bits=8), params, grads),
     }
-    times: dict[str, list[float]] = {k: [] for k in candidates}
-    for _ in range(rounds):
-        for name, c in candidates.items():
-            times[name].append(c.run(reps))
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = interleaved(candidates, rounds, reps)
     rows = ["| step | median ms | of fp32 | XLA temp MiB |", "|---|---:|---:|---:|"]
     for name, c in candidates.items():
         base = med[name.replace("8-bit", "fp32")]
         rows.append(f"| {name} | {med[name]:.1f} | {med[name] / base:.2f} | {c.temp_mb:.1f} |")
+    return rows
+
+
+class TimedTrainStep:
+    """A jitted, donated *training* step (forward, backward, optimizer update) at a
+    fixed batch, timed like :class:`Candidate`; ``call(params, state)`` runs one step,
+    and a timed sample runs ``repeat`` times as many steps (for sub-millisecond steps)."""
+
+    def __init__(self, call: Any, params: Any, state: Any, repeat: int = 1):
+        self.call, self.repeat = call, repeat
+        self.params, self.state = call(params, state)  # compiles
+        jax.block_until_ready(self.params)
+
+    def run(self, reps: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(reps * self.repeat):
+            self.params, self.state = self.call(self.params, self.state)
+        jax.block_until_ready((self.params, self.state))
+        return (time.perf_counter() - t0) / (reps * self.repeat) * 1e3
+
+
+def interleaved(candidates: dict[str, Any], rounds: int, reps: int) -> dict[str, float]:
+    """Median ms per step of each candidate, every candidate once per round."""
+    times: dict[str, list[float]] = {k: [] for k in candidates}
+    for _ in range(rounds):
+        for name, c in candidates.items():
+            times[name].append(c.run(reps))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def train_step_table(
+    rounds: int, reps: int, corpus_path: str | None, config_name: str = "bench"
+) -> list[str]:
+    """What a user runs: the training step (loss, gradient, update; params and state
+    donated) of the LM and of the mnist1d MLP with fp32 vs 8-bit state, and, on the
+    same LM parameters, the optimizer update alone (random gradients), in one set of
+    interleaved rounds. The update-only rows say how much of the training step the
+    optimizer is."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    import llama_lm as lm
+    import mnist1d_common as common
+    import train_lm
+
+    config = lm.CONFIGS[config_name]
+    corpus = lm.load_corpus(corpus_path)
+    abstract = lm.abstract_params(config)
+    make = functools.partial(lm_optimizer, lm=lm, abstract=abstract, rank=config.d_model // 4)
+    batch = jnp.asarray(next(lm.train_batches(corpus.train, 16, config.seq_len, 0)))
+    lr, t = jnp.float32(1e-4), jnp.int32(1)  # t=1: no GaLore refresh in the timed steps
+    candidates: dict[str, Any] = {}
+    for name in ("AdamW", "GaLore"):
+        for bits in (None, 8):
+            tx = make(name, bits)
+            step = train_lm.make_train_step(tx, name.lower())
+            params = lm.init_params(config, jax.random.key(0))
+            label = f"LM {config_name} train step, {name} {'8-bit' if bits else 'fp32'}"
+            candidates[label] = TimedTrainStep(
+                lambda p, s, step=step: step(p, s, batch, lr, t)[:2], params, tx.init(params)
+            )
+    lm_params = lm.init_params(config, jax.random.key(0))
+    rng = np.random.default_rng(1)
+    lm_grads = jax.tree.map(
+        lambda p: jnp.asarray(rng.standard_normal(p.shape) * 1e-3, p.dtype), lm_params
+    )
+    for bits in (None, 8):
+        label = f"LM {config_name} update only, AdamW {'8-bit' if bits else 'fp32'}"
+        candidates[label] = Candidate(make("AdamW", bits), lm_params, lm_grads)
+    data = common.load_mnist1d()
+    x, y = jnp.asarray(data.x), jnp.asarray(data.y)
+    idx = jnp.asarray(common.batch_indices(x.shape[0], 64)[0])
+    hparams = {"lr": jnp.float32(1e-3)}
+    mnist = {
+        "Adam": lambda bits: lambda h: adam(h["lr"], bits=bits, min_size=256),
+        "GaLore r16": lambda bits: (
+            lambda h: galore(h["lr"], bits=bits, rank=16, update_proj_gap=50, min_size=256)
+        ),
+    }
+    for name, make_tx in mnist.items():
+        for bits in (None, 8):
+            step = common.make_train_step(make_tx(bits))
+            params = common.init_params(0)
+            label = f"mnist1d train step, {name} {'8-bit' if bits else 'fp32'}"
+            candidates[label] = TimedTrainStep(
+                lambda p, s, step=step: step(p, s, hparams, x, y, idx)[:2],
+                params,
+                make_tx(bits)(hparams).init(params),
+                repeat=50,  # a step takes ~0.1-0.3 ms
+            )
+    med = interleaved(candidates, rounds, reps)
+    rows = ["| step | median ms | of fp32 |", "|---|---:|---:|"]
+    for name in candidates:
+        base = med[name.replace("8-bit", "fp32")]
+        rows.append(f"| {name} | {med[name]:.2f} | {med[name] / base:.2f} |")
+    return rows
+
+
+@contextlib.contextmanager
+def linear_codec() -> Any:
+    """Replaces the dynamic map's encoder and decoder by the cheapest possible code:
+    linear, ``round(127 a)`` (signed) or ``round(255 a)`` (unsigned), one multiply
+    and one conversion each way. An experiment, not a format: it keeps every other
+    part of :func:`lowrank.quantize_state`'s step (block maxima, scales, layout), so
+    its step time is a floor for *any* code map in this structure."""
+    from lowrank_optax._src import blockwise
+
+    saved = blockwise._encode_blocks, blockwise._decode_unit
+
+    def encode(r: jax.Array, slopes: list[jax.Array], signed: bool) -> jax.Array:
+        # slopes[0] = 10^(n-1) / scale (the first line of the dynamic map's encoder)
+        n = blockwise._magnitude_bits(signed)
+        unit = r * (slopes[0] * np.float32(10.0 ** -(n - 1)))
+        top = 127 if signed else 255
+        return jnp.round(unit * top).astype(jnp.int32).astype(jnp.int8 if signed else jnp.uint8)
+
+    def decode(codes: jax.Array, signed: bool) -> jax.Array:
+        return codes.astype(jnp.float32) * np.float32(1 / (127 if signed else 255))
+
+    blockwise._encode_blocks, blockwise._decode_unit = encode, decode
+    try:
+        yield
+    finally:
+        blockwise._encode_blocks, blockwise._decode_unit = saved
+
+
+def floor_table(rounds: int, reps: int) -> list[str]:
+    """Adam's update step: fp32, 8-bit with the dynamic map, 8-bit with the linear
+    code of :func:`linear_codec` (each compiled under its codec), interleaved."""
+    params = make_params(LLAMA_BLOCK)
+    rng = np.random.default_rng(1)
+    grads = jax.tree.map(
+        lambda p: jnp.asarray(rng.standard_normal(p.shape, dtype=np.float32) * 1e-3), params
+    )
+    candidates = {
+        "Adam fp32": Candidate(adam(1e-3, bits=None), params, grads),
+        "Adam 8-bit, dynamic map": Candidate(adam(1e-3, bits=8), params, grads),
+    }
+    with linear_codec():
+        linear = Candidate(adam(1e-3, bits=8), params, grads)  # traced and compiled here
+    candidates["Adam 8-bit, linear code (floor)"] = linear
+    med = interleaved(candidates, rounds, reps)
+    rows = ["| step | median ms | of fp32 |", "|---|---:|---:|"]
+    for name in candidates:
+        rows.append(f"| {name} | {med[name]:.1f} | {med[name] / med['Adam fp32']:.2f} |")
     return rows
 
 
@@ -278,6 +426,27 @@ def quality_table(seeds: list[int], epochs: int, batch_size: int, lr: float) -> 
     return rows
 
 
+def lm_optimizer(name: str, bits: int | None, *, lm: Any, abstract: Any, rank: int) -> Any:
+    """The LM runs' optimizers (learning rate 1: train_lm's step scales the updates):
+    AdamW, or GaLore (rank, scale 0.25, gap 200), with fp32 or 8-bit state."""
+    if name == "AdamW":
+        tx = optax.adamw(1.0, weight_decay=0.0)
+        return tx if bits is None else lowrank.quantize_state(tx)
+    inner = lowrank.scale_by_adam_in_basis(0.9, 0.999, 1e-6, eps_mode="galore")
+    if bits is not None:
+        inner = lowrank.quantize_state(inner)
+    return optax.chain(
+        lowrank.project_lowrank(
+            inner,
+            rank=rank,
+            update_proj_gap=200,
+            scale=0.25,
+            dimension_numbers=lm.dimension_numbers(abstract),
+        ),
+        optax.scale_by_learning_rate(1.0),
+    )
+
+
 def lm_table(
     seeds: list[int], steps: int, corpus_path: str | None, config_name: str = "bench"
 ) -> list[str]:
@@ -294,23 +463,7 @@ def lm_table(
     # benchmarks/lm.py's bench settings: rank d/4 (48 on bench), batch 16.
     rank, batch_size = config.d_model // 4, 16
 
-    def make(name: str, bits: int | None) -> Any:
-        if name == "AdamW":
-            tx = optax.adamw(1.0, weight_decay=0.0)
-            return tx if bits is None else lowrank.quantize_state(tx)
-        inner = lowrank.scale_by_adam_in_basis(0.9, 0.999, 1e-6, eps_mode="galore")
-        if bits is not None:
-            inner = lowrank.quantize_state(inner)
-        return optax.chain(
-            lowrank.project_lowrank(
-                inner,
-                rank=rank,
-                update_proj_gap=200,
-                scale=0.25,
-                dimension_numbers=lm.dimension_numbers(abstract),
-            ),
-            optax.scale_by_learning_rate(1.0),
-        )
+    make = functools.partial(lm_optimizer, lm=lm, abstract=abstract, rank=rank)
 
     peak = {"AdamW": train_lm.DEFAULT_LR["adamw"], "GaLore": train_lm.DEFAULT_LR["galore_adamw"]}
     val = jnp.asarray(lm.eval_batches(corpus.val, batch_size, config.seq_len, 16))
@@ -361,6 +514,8 @@ def main() -> None:
     p.add_argument("--lm-corpus", default=None, help="corpus .npz (llama_lm.save_corpus)")
     p.add_argument("--lm-config", default="bench", help="a llama_lm.CONFIGS name")
     p.add_argument("--breakdown", action="store_true", help="kernel time per kind (Adam)")
+    p.add_argument("--floor", action="store_true", help="Adam's step with a linear code (a floor)")
+    p.add_argument("--skip-train-step", action="store_true")
     p.add_argument("--skip-speed", action="store_true")
     p.add_argument("--skip-quality", action="store_true")
     p.add_argument("--skip-lm", action="store_true")
@@ -371,6 +526,12 @@ def main() -> None:
     if not args.skip_speed:
         print(f"\n## Step time ({args.rounds} interleaved rounds x {args.reps} steps)\n")
         print("\n".join(speed_table(args.rounds, args.reps)))
+    if not args.skip_train_step:
+        print(f"\n## Training step ({args.rounds} interleaved rounds x {args.reps} steps)\n")
+        print("\n".join(train_step_table(args.rounds, args.reps, args.lm_corpus, args.lm_config)))
+    if args.floor:
+        print(f"\n## Adam's step with a linear code ({args.rounds} rounds x {args.reps} steps)\n")
+        print("\n".join(floor_table(args.rounds, args.reps)))
     if args.breakdown:
         print(f"\n## Adam's step by kernel kind ({args.rounds} rounds x {args.reps} steps)\n")
         print("\n".join(breakdown_table(args.rounds, args.reps)))

@@ -317,13 +317,17 @@ def _reshape(x: jax.Array, shape: tuple[int, ...], spec: Any, like: Any) -> jax.
 
 
 def _blocks_lead(layout: BlockLayout, specs: _Specs) -> tuple[int, ...]:
-    """Leading shape of the block view: ``(*lead, num_blocks)`` on a mesh, else merged.
+    """Leading shape of the block view: ``(*lead, num_blocks)``, or merged.
 
-    Off a mesh, the blocks are one ``(rows, block_size)`` matrix: XLA's CPU
-    reductions over the minor axis of a 2-D array are markedly faster than over a
-    3-D one.
+    Off a mesh, when the row group is the last axis alone, the blocks are one
+    ``(rows, block_size)`` matrix: XLA's CPU reductions over the minor axis of a
+    2-D array are markedly faster than over a 3-D one. When the group spans
+    several trailing axes of an N-D array (e.g. ``(4, 448, 192)`` with blocks of
+    256), the leading axes are kept: merging them too makes XLA's CPU kernels map
+    every element between the N-D shape and the 2-D view with nested integer
+    divisions, which is 2.5x slower (``benchmarks/quantize_state.py``).
     """
-    if specs.blocks is None:
+    if specs.blocks is None and (layout.lead == 0 or layout.lead == len(layout.shape) - 1):
         return (math.prod(layout.scales_shape),)
     return layout.scales_shape
 
