@@ -62,6 +62,16 @@ def make_params(shapes: list[tuple[int, int]], seed: int = 0) -> dict[str, jax.A
     }
 
 
+def block_params_and_grads() -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+    """The LLaMA-block parameters and a fixed random gradient (the timed steps' inputs)."""
+    params = make_params(LLAMA_BLOCK)
+    rng = np.random.default_rng(1)
+    grads = jax.tree.map(
+        lambda p: jnp.asarray(rng.standard_normal(p.shape, dtype=np.float32) * 1e-3), params
+    )
+    return params, grads
+
+
 def nbytes(tree: Any) -> int:
     return sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(tree))
 
@@ -141,11 +151,7 @@ class Candidate:
 
 
 def speed_table(rounds: int, reps: int) -> list[str]:
-    params = make_params(LLAMA_BLOCK)
-    rng = np.random.default_rng(1)
-    grads = jax.tree.map(
-        lambda p: jnp.asarray(rng.standard_normal(p.shape, dtype=np.float32) * 1e-3), params
-    )
+    params, grads = block_params_and_grads()
     candidates = {
         "Adam fp32": Candidate(adam(1e-3, bits=None), params, grads),
         "Adam 8-bit": Candidate(adam(1e-3, bits=8), params, grads),
@@ -284,11 +290,7 @@ def linear_codec() -> Any:
 def floor_table(rounds: int, reps: int) -> list[str]:
     """Adam's update step: fp32, 8-bit with the dynamic map, 8-bit with the linear
     code of :func:`linear_codec` (each compiled under its codec), interleaved."""
-    params = make_params(LLAMA_BLOCK)
-    rng = np.random.default_rng(1)
-    grads = jax.tree.map(
-        lambda p: jnp.asarray(rng.standard_normal(p.shape, dtype=np.float32) * 1e-3), params
-    )
+    params, grads = block_params_and_grads()
     candidates = {
         "Adam fp32": Candidate(adam(1e-3, bits=None), params, grads),
         "Adam 8-bit, dynamic map": Candidate(adam(1e-3, bits=8), params, grads),
@@ -313,11 +315,7 @@ def breakdown_table(rounds: int, reps: int) -> list[str]:
     import re
     import tempfile
 
-    params = make_params(LLAMA_BLOCK)
-    rng = np.random.default_rng(1)
-    grads = jax.tree.map(
-        lambda p: jnp.asarray(rng.standard_normal(p.shape, dtype=np.float32) * 1e-3), params
-    )
+    params, grads = block_params_and_grads()
     candidates = {
         "Adam fp32": Candidate(adam(1e-3, bits=None), params, grads),
         "Adam 8-bit": Candidate(adam(1e-3, bits=8), params, grads),
